@@ -1,0 +1,146 @@
+//! The sandbox the helper builds around itself, in the order it must happen (DESIGN §4):
+//! user and mount namespaces, pivot into the target, then lockdown. Each step is one function
+//! that checks every syscall on the spot.
+
+use std::fs;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use caps::{CapSet, Capability, CapsHashSet};
+use landlock::{
+    ABI, Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope,
+};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
+use nix::unistd::{Pid, chdir, getgid, getppid, getuid, pivot_root};
+
+/// The newest Landlock ABI this code was tested against; older kernels get what they support.
+const LANDLOCK_ABI: ABI = ABI::V6;
+
+/// What extraction needs from root in the namespace: owners, modes, writing into read-only
+/// directories, setuid bits and file capabilities. Everything else goes.
+const KEPT_CAPABILITIES: [Capability; 6] = [
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_SETFCAP,
+    Capability::CAP_MKNOD,
+];
+
+const USERNS_HINT: &str = "user namespaces are unavailable; allow unprivileged ones with \
+     `sysctl -w user.max_user_namespaces=15000` (and `kernel.unprivileged_userns_clone=1` on \
+     older Debian, `kernel.apparmor_restrict_unprivileged_userns=0` on Ubuntu 23.10 and later)";
+
+/// Closes every fd from 3 up except `keep` (the result pipe): nothing the parent leaked may
+/// reach the sandbox.
+pub fn close_stray_fds(keep: i32) -> Result<()> {
+    let ranges = [(3, keep - 1), (keep + 1, i32::MAX)];
+    for (first, last) in ranges.into_iter().filter(|(a, b)| a <= b) {
+        // SAFETY: close_range only closes descriptors; none of them is in use by this thread.
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("close_range");
+        }
+    }
+    Ok(())
+}
+
+/// Enters new user, mount, network and IPC namespaces in which the calling user is root and
+/// nobody else exists (the single-id map). Returns how many ids are mapped from 0.
+pub fn enter_user_namespace() -> Result<u64> {
+    let (uid, gid) = (getuid(), getgid());
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC;
+    unshare(flags).with_context(|| format!("unshare: {USERNS_HINT}"))?;
+    // setgroups must be denied before an unprivileged process may write gid_map (CVE-2014-8989).
+    let maps = [
+        ("/proc/self/setgroups", "deny".to_string()),
+        ("/proc/self/uid_map", format!("0 {uid} 1")),
+        ("/proc/self/gid_map", format!("0 {gid} 1")),
+    ];
+    for (file, content) in maps {
+        // EPERM here is how AppArmor's userns restriction shows itself.
+        fs::write(file, content).with_context(|| format!("writing {file}: {USERNS_HINT}"))?;
+    }
+    // No nested user namespaces: a compromised helper could otherwise regain a full capability
+    // set in a fresh one. The limit is per namespace; the host's value is untouched.
+    fs::write("/proc/sys/user/max_user_namespaces", "0")
+        .context("forbidding nested user namespaces")?;
+    Ok(1)
+}
+
+/// Makes `root` the whole visible filesystem: nothing of the host stays mounted, and no mount
+/// event propagates back to it.
+pub fn pivot_into(root: &Path) -> Result<()> {
+    let none = None::<&str>;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .context("making / private")?;
+    // pivot_root needs the new root to be a mount point.
+    mount(
+        Some(root),
+        root,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .with_context(|| format!("bind-mounting {}", root.display()))?;
+    chdir(root).with_context(|| format!("entering {}", root.display()))?;
+    // Stacking the old root under the new one, then detaching it, needs no scratch directory
+    // inside the target (which would otherwise end up in the snapshot).
+    pivot_root(".", ".").context("pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
+    chdir("/").context("entering the new root")?;
+    Ok(())
+}
+
+/// Landlock, then capabilities, then no_new_privs and the parent-death signal. `readable` is
+/// the one tree outside the root the helper may read (the snapshot a copy comes from).
+pub fn lock_down(readable: Option<BorrowedFd>, parent: Pid) -> Result<()> {
+    restrict_filesystem(readable)?;
+    drop_capabilities()?;
+    prctl::set_no_new_privs().context("setting no_new_privs")?;
+    // Also set by the parent before exec; set again because credential changes may clear it.
+    prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+    if getppid() != parent {
+        bail!("strata exited before the helper was ready");
+    }
+    Ok(())
+}
+
+fn restrict_filesystem(readable: Option<BorrowedFd>) -> Result<()> {
+    let all = AccessFs::from_all(LANDLOCK_ABI);
+    let mut ruleset = Ruleset::default()
+        .handle_access(all)?
+        .scope(Scope::from_all(LANDLOCK_ABI))?
+        .create()?
+        .add_rule(PathBeneath::new(PathFd::new("/")?, all))?;
+    if let Some(fd) = readable {
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::from_read(LANDLOCK_ABI)))?;
+    }
+    let status = ruleset
+        .restrict_self()
+        .context("applying the Landlock ruleset")?;
+    // Without Landlock in the kernel the pivot and openat2 walls still stand.
+    if status.ruleset == RulesetStatus::NotEnforced {
+        eprintln!("strata-helper: Landlock is not available; continuing without it");
+    }
+    Ok(())
+}
+
+fn drop_capabilities() -> Result<()> {
+    let kept: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
+    caps::clear(None, CapSet::Bounding).context("clearing the bounding set")?;
+    caps::clear(None, CapSet::Ambient).context("clearing ambient capabilities")?;
+    caps::clear(None, CapSet::Inheritable).context("clearing inheritable capabilities")?;
+    // capset refuses an effective set larger than the permitted one: shrink effective first.
+    caps::set(None, CapSet::Effective, &kept).context("reducing effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &kept).context("reducing permitted capabilities")?;
+    Ok(())
+}

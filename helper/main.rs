@@ -1,0 +1,82 @@
+//! strata-helper: the only process that touches the contents of snapshots and destinations.
+//!
+//! Started by `strata` with one JSON request argument and the result pipe on fd 3. Still
+//! single-threaded, it enters its namespaces, pivots into the target directory, locks itself
+//! down, does the one job asked (apply the layer on stdin, copy a tree, or clear one), and writes
+//! one JSON line. It never execs, loads libraries or looks up names after the pivot.
+
+mod confine;
+
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+use std::os::fd::{AsFd, FromRawFd};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use nix::unistd::getppid;
+use strata::protocol::{Op, RESULT_FD, Reply, Request};
+use strata::{extract, tree};
+
+fn main() -> ExitCode {
+    // SAFETY: fstat only inspects the descriptor; from_raw_fd takes ownership of fd 3, which
+    // nothing else in this process uses.
+    let mut results = unsafe {
+        let mut st = std::mem::zeroed();
+        if libc::fstat(RESULT_FD, &mut st) != 0 {
+            eprintln!(
+                "strata-helper: no result pipe on fd {RESULT_FD}; this program is run by strata"
+            );
+            return ExitCode::from(2);
+        }
+        File::from_raw_fd(RESULT_FD)
+    };
+    let reply = run().unwrap_or_else(|err| Reply::Error {
+        error: format!("{err:#}"),
+    });
+    let failed = matches!(reply, Reply::Error { .. });
+    let mut line = serde_json::to_vec(&reply).expect("replies serialize");
+    line.push(b'\n');
+    if results.write_all(&line).is_err() || failed {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn run() -> Result<Reply> {
+    let parent = getppid();
+    let request = std::env::args().nth(1).context("no request argument")?;
+    let request: Request = serde_json::from_str(&request).context("reading the request")?;
+    // SAFETY: umask only changes this process's file creation mask; modes are set explicitly.
+    unsafe { libc::umask(0) };
+    confine::close_stray_fds(RESULT_FD)?;
+    // The source of a copy is opened before the pivot hides it; Landlock lets it be read only.
+    let source = match &request.op {
+        Op::Copy { source } => {
+            Some(tree::open_dir(source).with_context(|| format!("opening {}", source.display()))?)
+        }
+        _ => None,
+    };
+    let mapped_ids = confine::enter_user_namespace()?;
+    confine::pivot_into(&request.root)?;
+    confine::lock_down(source.as_ref().map(|fd| fd.as_fd()), parent)?;
+    let root = tree::open_dir(Path::new("/")).context("opening the new root")?;
+
+    match request.op {
+        Op::Apply { compression } => {
+            let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+            let input = BufReader::with_capacity(256 * 1024, stdin);
+            let applied = extract::apply_layer(input, compression, root.as_fd(), mapped_ids)?;
+            Ok(Reply::Applied(applied))
+        }
+        Op::Copy { .. } => {
+            let source = source.expect("opened above for Op::Copy");
+            tree::copy(source.as_fd(), root.as_fd())?;
+            Ok(Reply::Done { done: true })
+        }
+        Op::Clear => {
+            tree::clear(root.as_fd())?;
+            Ok(Reply::Done { done: true })
+        }
+    }
+}

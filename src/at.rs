@@ -1,0 +1,243 @@
+//! Narrow fd-relative filesystem calls shared by layer extraction and tree copies.
+//!
+//! Every path here is relative to a directory fd and is resolved with `openat2(RESOLVE_IN_ROOT)`
+//! or walked one component at a time with `O_NOFOLLOW`, so nothing escapes the tree the fd names
+//! even before the helper's pivot_root (a second wall behind it, and what makes extraction
+//! testable without namespaces).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, readlinkat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+pub type Result<T> = io::Result<T>;
+
+fn in_root(flags: OFlag) -> OpenHow {
+    OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_IN_ROOT
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS
+            | ResolveFlag::RESOLVE_NO_XDEV,
+    )
+}
+
+/// Opens `path` (relative, already normalised) as a directory, resolving symlinks as if `root`
+/// were `/`. The result is an `O_PATH` fd fit only as the `dirfd` of other `*at` calls.
+pub fn resolve_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    Ok(openat2(
+        root,
+        path,
+        in_root(OFlag::O_PATH | OFlag::O_DIRECTORY),
+    )?)
+}
+
+/// Like [`resolve_dir`], but creates missing directories (mode 0755, owned by the namespace's
+/// root) the way `mkdir -p` inside a chroot would, including through a symlink whose target
+/// does not exist yet (`var/run -> /run` before `/run`). The walk happens in userspace to know
+/// what to create, but every open goes through [`resolve_dir`], so it cannot leave `root`.
+pub fn resolve_dir_creating(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
+    match resolve_dir(root, path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        other => return other,
+    }
+    let mut pending: Vec<OsString> = components(path);
+    let mut resolved = PathBuf::new();
+    let mut symlinks_followed = 0;
+    while let Some(name) = pending.pop() {
+        match name.as_bytes() {
+            b"" | b"." => continue,
+            b".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let dir = resolve_dir(root, &resolved)?;
+        match lstat(dir.as_fd(), &name)? {
+            None => mkdirat(&dir, name.as_os_str(), Mode::from_bits_truncate(0o755))?,
+            Some(st) if is_dir(&st) => {}
+            Some(st) if is_symlink(&st) => {
+                symlinks_followed += 1;
+                if symlinks_followed > 40 {
+                    return Err(Errno::ELOOP.into());
+                }
+                let target = PathBuf::from(readlinkat(&dir, name.as_os_str())?);
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                pending.extend(components(&target));
+                continue;
+            }
+            Some(_) => return Err(Errno::ENOTDIR.into()),
+        }
+        resolved.push(&name);
+    }
+    resolve_dir(root, &resolved)
+}
+
+/// The components of `path` in reverse order, ready to be popped.
+fn components(path: &Path) -> Vec<OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .rev()
+        .collect()
+}
+
+/// `lstat` of `name` in `dir`; `None` when nothing is there.
+pub fn lstat(dir: BorrowedFd, name: &OsStr) -> Result<Option<FileStat>> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn is_dir(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
+pub fn is_symlink(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
+}
+
+/// Opens the directory `name` in `dir` for reading, never following a symlink. A directory we
+/// own but cannot read (mode 000 from an image) is made readable first: only a process without
+/// `CAP_DAC_OVERRIDE` ever needs that.
+pub fn open_subdir(dir: BorrowedFd, name: &OsStr) -> Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(dir, name, flags, Mode::empty()) {
+        Err(Errno::EACCES) => {
+            nix::sys::stat::fchmodat(
+                dir,
+                name,
+                Mode::from_bits_truncate(0o700),
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            )?;
+            Ok(openat(dir, name, flags, Mode::empty())?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Names in a directory, without `.` and `..`.
+pub fn list(dir: BorrowedFd) -> Result<Vec<OsString>> {
+    let fd = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for entry in Dir::from_fd(fd)?.iter() {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from(OsStr::from_bytes(&name)));
+        }
+    }
+    Ok(names)
+}
+
+/// Removes `name` from `dir` and, if it is a directory, everything below it. Symlinks are
+/// removed, never followed. A missing `name` is not an error.
+pub fn remove_all(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::EISDIR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    clear(open_subdir(dir, name)?.as_fd())?;
+    match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes everything inside `dir`.
+pub fn clear(dir: BorrowedFd) -> Result<()> {
+    for child in list(dir)? {
+        remove_all(dir, &child)?;
+    }
+    Ok(())
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))
+}
+
+pub fn set_xattr(fd: BorrowedFd, name: &[u8], value: &[u8]) -> Result<()> {
+    let name = cstring(name)?;
+    // SAFETY: name is NUL-terminated, value is a valid slice for its length.
+    let rc = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// All xattrs of an open file, as (name, value) pairs.
+pub fn xattrs(fd: BorrowedFd) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let names = read_sized(|buf, len| {
+        // SAFETY: buf points to len writable bytes (or is null with len 0).
+        unsafe { libc::flistxattr(fd.as_raw_fd(), buf.cast(), len) }
+    })?;
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = cstring(name)?;
+        let value = read_sized(|buf, len| {
+            // SAFETY: as above; cname is NUL-terminated.
+            unsafe { libc::fgetxattr(fd.as_raw_fd(), cname.as_ptr(), buf.cast(), len) }
+        });
+        match value {
+            Ok(value) => out.push((name.to_vec(), value)),
+            // Removed between list and get: nothing to copy.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Calls a `(buf, len) -> ssize_t` xattr syscall, first for the size, then for the bytes,
+/// retrying if the value grew in between.
+fn read_sized(call: impl Fn(*mut u8, usize) -> isize) -> Result<Vec<u8>> {
+    loop {
+        let size = call(std::ptr::null_mut(), 0);
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = call(buf.as_mut_ptr(), buf.len());
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(buf);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(err);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! DEST appears whole or not at all: everything is built in a private staging directory beside
+//! it and renamed into place at the end.
+
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+
+use crate::sandbox::Helper;
+
+pub struct Staging {
+    dest: PathBuf,
+    dir: PathBuf,
+    /// DEST was an empty directory, which the rename replaces.
+    replaces_empty_dir: bool,
+}
+
+impl Staging {
+    /// Checks that DEST is absent or an empty directory, and creates the staging directory,
+    /// mode 0700 (no other user may reach setuid files inside, as with umoci's bundles).
+    pub fn create(dest: &Path) -> Result<Staging> {
+        let replaces_empty_dir = match fs::symlink_metadata(dest) {
+            Ok(meta) if meta.is_dir() => {
+                let mut entries =
+                    fs::read_dir(dest).with_context(|| format!("reading {}", dest.display()))?;
+                if entries.next().is_some() {
+                    bail!("destination {} is not empty", dest.display());
+                }
+                true
+            }
+            Ok(_) => bail!(
+                "destination {} exists and is not a directory",
+                dest.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(e).with_context(|| format!("checking destination {}", dest.display()));
+            }
+        };
+        let Some(name) = dest.file_name() else {
+            bail!(
+                "destination {} does not name a directory to create",
+                dest.display()
+            );
+        };
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = parent.join(format!(
+            ".{}.strata-{}-{nanos}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {} beside the destination", dir.display()))?;
+        Ok(Staging {
+            dest: dest.to_path_buf(),
+            dir,
+            replaces_empty_dir,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Moves the finished tree to DEST.
+    pub fn publish(self) -> Result<()> {
+        let flags = if self.replaces_empty_dir {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::RENAME_NOREPLACE
+        };
+        renameat2(AT_FDCWD, &self.dir, AT_FDCWD, &self.dest, flags)
+            .with_context(|| format!("moving the unpacked tree to {}", self.dest.display()))
+    }
+
+    /// Removes the staging directory and all it holds (in a helper: the tree may hold
+    /// directories its owner cannot enter).
+    pub fn discard(self, helper: &Helper) -> Result<()> {
+        helper.remove_dir(&self.dir)
+    }
+}

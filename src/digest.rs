@@ -1,0 +1,254 @@
+//! Content digests, OCI chain IDs, and readers that hash what flows through them.
+
+use std::fmt;
+use std::io::{self, Read};
+
+use sha2::{Digest as _, Sha256};
+
+/// A validated `sha256:<64 lowercase hex>` digest. strata accepts no other algorithm, so a
+/// digest is always safe to turn into a `blobs/sha256/<hex>` path or a store directory name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid digest {0:?}: expected sha256:<64 lowercase hex digits>")]
+pub struct InvalidDigest(pub String);
+
+impl Digest {
+    pub fn parse(text: &str) -> Result<Self, InvalidDigest> {
+        match text.strip_prefix("sha256:") {
+            Some(hex)
+                if hex.len() == 64
+                    && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
+                Ok(Digest(text.to_owned()))
+            }
+            _ => Err(InvalidDigest(text.to_owned())),
+        }
+    }
+
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        Self::from_hasher(Sha256::new_with_prefix(bytes))
+    }
+
+    fn from_hasher(hasher: Sha256) -> Self {
+        Digest(format!("sha256:{}", hex::encode(hasher.finalize())))
+    }
+
+    /// The 64 hex digits without the algorithm prefix.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 hex digits, for messages meant for people.
+    pub fn short(&self) -> &str {
+        &self.hex()[..12]
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Digest::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Chain IDs per image-spec config.md: `ChainID(L0) = DiffID(L0)`,
+/// `ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(Ln))`.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut chain: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match chain.last() {
+            None => diff_id.clone(),
+            Some(parent) => Digest::of_bytes(format!("{parent} {diff_id}").as_bytes()),
+        };
+        chain.push(next);
+    }
+    chain
+}
+
+/// Hashes and counts every byte read through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Reads whatever is left (tar stops at its first end block; the digest covers all bytes).
+    pub fn drain(&mut self) -> io::Result<()> {
+        io::copy(self, &mut io::sink()).map(drop)
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn finish(self) -> (Digest, u64) {
+        (Digest::from_hasher(self.hasher), self.bytes)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Passes a blob through while checking it against its descriptor: reading past `size` fails at
+/// once, and at end of stream both the size and the digest must match.
+pub struct VerifiedReader<R> {
+    inner: HashingReader<R>,
+    digest: Digest,
+    size: u64,
+}
+
+impl<R: Read> VerifiedReader<R> {
+    pub fn new(inner: R, digest: &Digest, size: u64) -> Self {
+        VerifiedReader {
+            inner: HashingReader::new(inner),
+            digest: digest.clone(),
+            size,
+        }
+    }
+
+    fn mismatch(&self, what: String) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("blob {} {what}", self.digest),
+        )
+    }
+}
+
+impl<R: Read> Read for VerifiedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte beyond the declared size is enough to know the blob is too long.
+        let allowed = self
+            .size
+            .saturating_sub(self.inner.bytes_read())
+            .saturating_add(1);
+        let len = buf
+            .len()
+            .min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        let seen = self.inner.bytes_read();
+        if seen > self.size {
+            return Err(self.mismatch(format!(
+                "is larger than the {} bytes its descriptor declares",
+                self.size
+            )));
+        }
+        if n == 0 && len > 0 {
+            if seen != self.size {
+                return Err(self.mismatch(format!(
+                    "has {seen} bytes but its descriptor declares {}",
+                    self.size
+                )));
+            }
+            let actual = Digest::from_hasher(self.inner.hasher.clone());
+            if actual != self.digest {
+                return Err(self.mismatch(format!("does not match its content (digest {actual})")));
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn parses_only_lowercase_sha256() {
+        assert!(Digest::parse(EMPTY).is_ok());
+        assert!(Digest::parse(&EMPTY.to_uppercase()).is_err());
+        assert!(Digest::parse("sha512:abcd").is_err());
+        assert!(Digest::parse("sha256:../../etc/passwd").is_err());
+        assert!(Digest::parse(&EMPTY[..70]).is_err());
+    }
+
+    #[test]
+    fn hashes_bytes() {
+        assert_eq!(Digest::of_bytes(b"").as_str(), EMPTY);
+        let mut reader = HashingReader::new(&b"abc"[..]);
+        reader.drain().unwrap();
+        let (digest, bytes) = reader.finish();
+        assert_eq!(bytes, 3);
+        assert_eq!(
+            digest.as_str(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn verified_reader_checks_size_and_digest() {
+        let digest = Digest::of_bytes(b"blob");
+        let read = |data: &[u8], size: u64| {
+            let mut out = Vec::new();
+            VerifiedReader::new(data, &digest, size)
+                .read_to_end(&mut out)
+                .map(|_| out)
+        };
+        assert_eq!(read(b"blob", 4).unwrap(), b"blob");
+        assert!(
+            read(b"blob", 3)
+                .unwrap_err()
+                .to_string()
+                .contains("larger than the 3 bytes")
+        );
+        assert!(
+            read(b"blo", 3)
+                .unwrap_err()
+                .to_string()
+                .contains("does not match")
+        );
+        assert!(
+            read(b"blob", 5)
+                .unwrap_err()
+                .to_string()
+                .contains("has 4 bytes")
+        );
+    }
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let a = Digest::of_bytes(b"a");
+        let b = Digest::of_bytes(b"b");
+        let c = Digest::of_bytes(b"c");
+        let chain = chain_ids(&[a.clone(), b.clone(), c.clone()]);
+        assert_eq!(chain[0], a);
+        let ab = Digest::of_bytes(format!("{a} {b}").as_bytes());
+        assert_eq!(chain[1], ab);
+        assert_eq!(chain[2], Digest::of_bytes(format!("{ab} {c}").as_bytes()));
+        assert!(chain_ids(&[]).is_empty());
+    }
+}

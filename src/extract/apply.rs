@@ -1,0 +1,505 @@
+//! Applies tar entries to a root directory with `*at` calls: the syscall half of extraction.
+//! The rules it follows (names, whiteouts, owners) live in the pure modules beside it.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags, fchmod, fchmodat, futimens, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, mkfifoat, symlinkat};
+use tar::EntryType;
+
+use super::owner;
+use super::path::{Action, UpperPaths, classify, normalize};
+use crate::at;
+use crate::protocol::Skipped;
+
+/// What a tar header says about the file it introduces.
+struct Meta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: TimeSpec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Meta {
+    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
+        let header = entry.header();
+        let (mode, uid, gid) = (header.mode()?, header.uid()?, header.gid()?);
+        let mut mtime = TimeSpec::new(header.mtime()? as i64, 0);
+        let mut xattrs = Vec::new();
+        if let Some(extensions) = entry.pax_extensions()? {
+            for extension in extensions {
+                let extension = extension?;
+                let key = extension.key_bytes();
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    xattrs.push((name.to_vec(), extension.value_bytes().to_vec()));
+                } else if key == b"mtime" {
+                    mtime = pax_time(extension.value_bytes()).unwrap_or(mtime);
+                }
+            }
+        }
+        Ok(Meta {
+            mode,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+        })
+    }
+}
+
+/// PAX times are decimal seconds with an optional fraction: `1600000000.123456789`.
+fn pax_time(value: &[u8]) -> Option<TimeSpec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos: i64 = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse().ok()?
+    };
+    // A negative time with a fraction counts the fraction downwards too.
+    Some(if secs < 0 && nanos > 0 {
+        TimeSpec::new(secs - 1, 1_000_000_000 - nanos)
+    } else {
+        TimeSpec::new(secs, nanos)
+    })
+}
+
+/// Directory mode and times are set after the whole layer: creating children would bump the
+/// mtime, and a read-only mode would block them.
+struct DirMeta {
+    mode: u32,
+    mtime: TimeSpec,
+}
+
+pub struct Applier<'a> {
+    root: BorrowedFd<'a>,
+    /// How many ids the current user namespace maps from 0.
+    mapped_ids: u64,
+    upper: UpperPaths,
+    dirs: BTreeMap<PathBuf, DirMeta>,
+    /// Times of directories this layer changes without naming them, restored at the end so
+    /// that only what the layer describes changes (as umoci does).
+    touched: BTreeMap<PathBuf, (TimeSpec, TimeSpec)>,
+    pub skipped: Vec<Skipped>,
+    buf: Vec<u8>,
+}
+
+impl<'a> Applier<'a> {
+    pub fn new(root: BorrowedFd<'a>, mapped_ids: u64) -> Self {
+        Applier {
+            root,
+            mapped_ids,
+            upper: UpperPaths::default(),
+            dirs: BTreeMap::new(),
+            touched: BTreeMap::new(),
+            skipped: Vec::new(),
+            buf: vec![0; 256 * 1024],
+        }
+    }
+
+    pub fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader) {
+            return Ok(());
+        }
+        let path = normalize(&entry.path_bytes())?;
+        match classify(&path)? {
+            Action::Create => self.create(&path, kind, entry),
+            Action::Whiteout { target } => self.whiteout(&target),
+            Action::Opaque { dir } => self.opaque(dir),
+            Action::AufsMeta => Ok(()),
+        }
+    }
+
+    /// Sets the deferred directory modes and times, deepest first.
+    pub fn finish(self) -> Result<Vec<Skipped>> {
+        for (path, meta) in self.dirs.iter().rev() {
+            let Some(dir) = self.reopen_dir(path) else {
+                continue;
+            };
+            fchmod(&dir, Mode::from_bits_truncate(meta.mode & 0o7777))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+            futimens(&dir, &meta.mtime, &meta.mtime)
+                .with_context(|| format!("setting the times of {}", path.display()))?;
+        }
+        for (path, (atime, mtime)) in &self.touched {
+            if self.dirs.contains_key(path) {
+                continue;
+            }
+            let Some(dir) = self.reopen_dir(path) else {
+                continue;
+            };
+            futimens(&dir, atime, mtime)
+                .with_context(|| format!("restoring the times of {}", path.display()))?;
+        }
+        Ok(self.skipped)
+    }
+
+    /// The directory at `path` as it is now, if it still is one (not the root: its metadata
+    /// belongs to DEST).
+    fn reopen_dir(&self, path: &Path) -> Option<OwnedFd> {
+        let (parent, name) = (path.parent()?, path.file_name()?);
+        let parent = at::resolve_dir(self.root, parent).ok()?;
+        at::open_subdir(parent.as_fd(), name).ok()
+    }
+
+    /// Notes the times of a directory the layer is about to change, the first time only.
+    fn remember_times(&mut self, path: &Path, dir: BorrowedFd) -> Result<()> {
+        if !self.touched.contains_key(path) && !self.dirs.contains_key(path) {
+            let st = nix::sys::stat::fstat(dir)?;
+            let times = (
+                TimeSpec::new(st.st_atime, st.st_atime_nsec),
+                TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+            );
+            self.touched.insert(path.to_path_buf(), times);
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, path: &Path, reason: impl Into<String>) {
+        self.skipped.push(Skipped {
+            path: path.display().to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    fn create<R: Read>(
+        &mut self,
+        path: &Path,
+        kind: EntryType,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<()> {
+        let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
+            // The root itself: its metadata belongs to DEST, but its type may not change
+            // (CVE-2021-29136: a symlink at `/` redirected later layers to the host).
+            if kind.is_dir() {
+                return Ok(());
+            }
+            bail!(
+                "refusing to replace the root directory with a {}",
+                kind_name(kind)
+            );
+        };
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            self.skip(path, "device node");
+            return Ok(());
+        }
+        let meta = Meta::read(entry)?;
+        let parent = at::resolve_dir_creating(self.root, parent_path)
+            .with_context(|| format!("resolving parent directory {}", parent_path.display()))?;
+        let parent = parent.as_fd();
+        self.remember_times(parent_path, parent)?;
+        match kind {
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .context("hardlink without a target")?;
+                self.hardlink(parent, name, &normalize(&target)?)?;
+            }
+            EntryType::Directory => self.make_dir(parent, name, path, meta)?,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.replace(parent, name)?;
+                self.write_file(parent, name, entry, &meta)?;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .context("symlink without a target")?;
+                self.replace(parent, name)?;
+                symlinkat(OsStr::from_bytes(&target), parent, name)?;
+                self.set_owner_at(parent, name, &meta)?;
+                utimensat(
+                    parent,
+                    name,
+                    &meta.mtime,
+                    &meta.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )?;
+            }
+            EntryType::Fifo => {
+                self.replace(parent, name)?;
+                mkfifoat(parent, name, Mode::from_bits_truncate(0o600))?;
+                self.set_owner_at(parent, name, &meta)?;
+                // The FIFO was just made in a tree only this process writes; fchmodat cannot
+                // refuse to follow without /proc, which the sandbox does not have.
+                fchmodat(
+                    parent,
+                    name,
+                    Mode::from_bits_truncate(meta.mode & 0o7777),
+                    FchmodatFlags::FollowSymlink,
+                )?;
+                utimensat(
+                    parent,
+                    name,
+                    &meta.mtime,
+                    &meta.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )?;
+            }
+            other => {
+                self.skip(path, format!("unsupported entry type {}", kind_name(other)));
+                return Ok(());
+            }
+        }
+        self.upper.insert(path);
+        Ok(())
+    }
+
+    /// Removes whatever is at `name`, unless it is a directory that a directory entry merges into.
+    fn replace(&mut self, parent: BorrowedFd, name: &OsStr) -> Result<()> {
+        at::remove_all(parent, name)
+            .with_context(|| format!("removing the existing {}", Path::new(name).display()))
+    }
+
+    fn write_file<R: Read>(
+        &mut self,
+        parent: BorrowedFd,
+        name: &OsStr,
+        entry: &mut tar::Entry<'_, R>,
+        meta: &Meta,
+    ) -> Result<()> {
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut file = File::from(openat(
+            parent,
+            name,
+            flags,
+            Mode::from_bits_truncate(0o600),
+        )?);
+        let expected = entry.size();
+        let mut written = 0u64;
+        loop {
+            let n = entry.read(&mut self.buf)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&self.buf[..n])?;
+            written += n as u64;
+        }
+        if written != expected {
+            bail!(
+                "layer stream ended {} bytes into a {expected}-byte file",
+                written
+            );
+        }
+        let placement = owner::place(meta.uid, meta.gid, self.mapped_ids);
+        if let Some((uid, gid)) = placement.chown {
+            fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+        }
+        // After chown, which clears setuid and file capabilities.
+        fchmod(&file, Mode::from_bits_truncate(meta.mode & 0o7777))?;
+        self.set_xattrs(file.as_fd(), name, meta, placement.record)?;
+        futimens(&file, &meta.mtime, &meta.mtime)?;
+        Ok(())
+    }
+
+    fn make_dir(
+        &mut self,
+        parent: BorrowedFd,
+        name: &OsStr,
+        path: &Path,
+        meta: Meta,
+    ) -> Result<()> {
+        match at::lstat(parent, name)? {
+            Some(st) if at::is_dir(&st) => {}
+            Some(_) => {
+                self.replace(parent, name)?;
+                nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?;
+            }
+            None => nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?,
+        }
+        let dir = at::open_subdir(parent, name)?;
+        let placement = owner::place(meta.uid, meta.gid, self.mapped_ids);
+        // A merged directory takes the entry's owner, even when that is the namespace's root.
+        let (uid, gid) = placement.chown.unwrap_or((0, 0));
+        fchown(&dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+        if placement.record.is_none() {
+            remove_xattr(dir.as_fd(), owner::XATTR)?;
+        }
+        self.set_xattrs(dir.as_fd(), name, &meta, placement.record)?;
+        self.dirs.insert(
+            path.to_path_buf(),
+            DirMeta {
+                mode: meta.mode,
+                mtime: meta.mtime,
+            },
+        );
+        Ok(())
+    }
+
+    fn hardlink(&mut self, parent: BorrowedFd, name: &OsStr, target: &Path) -> Result<()> {
+        let (Some(target_parent), Some(target_name)) = (target.parent(), target.file_name()) else {
+            bail!("hardlink to the root directory");
+        };
+        let target_dir = at::resolve_dir(self.root, target_parent)
+            .with_context(|| format!("hardlink target {} does not exist", target.display()))?;
+        let Some(target_st) = at::lstat(target_dir.as_fd(), target_name)? else {
+            bail!("hardlink target {} does not exist", target.display());
+        };
+        if at::is_dir(&target_st) {
+            bail!("hardlink target {} is a directory", target.display());
+        }
+        if let Some(existing) = at::lstat(parent, name)? {
+            if (existing.st_dev, existing.st_ino) == (target_st.st_dev, target_st.st_ino) {
+                return Ok(());
+            }
+            self.replace(parent, name)?;
+        }
+        // Flags 0: the target's last component is linked as is, never followed.
+        linkat(
+            target_dir.as_fd(),
+            target_name,
+            parent,
+            name,
+            AtFlags::empty(),
+        )
+        .with_context(|| format!("linking to {}", target.display()))?;
+        Ok(())
+    }
+
+    /// Owner of a symlink or FIFO, which cannot carry the `user.*` record: ids the namespace
+    /// cannot map are lost, as with umoci.
+    fn set_owner_at(&self, parent: BorrowedFd, name: &OsStr, meta: &Meta) -> Result<()> {
+        if let Some((uid, gid)) = owner::place(meta.uid, meta.gid, self.mapped_ids).chown {
+            fchownat(
+                parent,
+                name,
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn set_xattrs(
+        &mut self,
+        fd: BorrowedFd,
+        name: &OsStr,
+        meta: &Meta,
+        owner_record: Option<Vec<u8>>,
+    ) -> Result<()> {
+        for (key, value) in &meta.xattrs {
+            let settable = key.starts_with(b"user.") || key == b"security.capability";
+            let result = if settable {
+                at::set_xattr(fd, key, value)
+            } else {
+                Err(Errno::EPERM.into())
+            };
+            if let Err(err) = result {
+                let reason = format!("xattr {} not set: {err}", String::from_utf8_lossy(key));
+                self.skip(Path::new(name), reason);
+            }
+        }
+        if let Some(record) = owner_record {
+            at::set_xattr(fd, owner::XATTR.as_bytes(), &record)
+                .with_context(|| format!("recording the image owner in {}", owner::XATTR))?;
+        }
+        Ok(())
+    }
+
+    fn whiteout(&mut self, target: &Path) -> Result<()> {
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            bail!("whiteout of the root directory");
+        };
+        let Some(parent_fd) = existing_dir(self.root, parent)? else {
+            return Ok(());
+        };
+        self.remember_times(parent, parent_fd.as_fd())?;
+        self.remove_lower(parent_fd.as_fd(), name, target)
+    }
+
+    fn opaque(&mut self, dir: &Path) -> Result<()> {
+        let Some(fd) = existing_dir(self.root, dir)? else {
+            return Ok(());
+        };
+        self.remember_times(dir, fd.as_fd())?;
+        for child in at::list(fd.as_fd())? {
+            self.remove_lower(fd.as_fd(), &child, &dir.join(&child))?;
+        }
+        self.upper.insert(dir);
+        Ok(())
+    }
+
+    /// Removes what lower layers put at `path`, descending into directories this layer wrote to.
+    fn remove_lower(&self, parent: BorrowedFd, name: &OsStr, path: &Path) -> Result<()> {
+        if !self.upper.contains(path) {
+            return at::remove_all(parent, name)
+                .with_context(|| format!("removing {}", path.display()));
+        }
+        match at::lstat(parent, name)? {
+            Some(st) if at::is_dir(&st) => {
+                let dir = at::open_subdir(parent, name)?;
+                for child in at::list(dir.as_fd())? {
+                    self.remove_lower(dir.as_fd(), &child, &path.join(&child))?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The directory at `path`, or `None` when it is missing or not a directory (a whiteout for
+/// something that is not there has nothing to do).
+fn existing_dir(root: BorrowedFd, path: &Path) -> Result<Option<std::os::fd::OwnedFd>> {
+    match at::resolve_dir(root, path) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("resolving {}", path.display())),
+    }
+}
+
+fn remove_xattr(fd: BorrowedFd, name: &str) -> Result<()> {
+    let name = std::ffi::CString::new(name).expect("constant xattr name");
+    // SAFETY: name is NUL-terminated.
+    let rc = unsafe { libc::fremovexattr(std::os::fd::AsRawFd::as_raw_fd(&fd), name.as_ptr()) };
+    let err = io::Error::last_os_error();
+    if rc == 0 || matches!(err.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) {
+        Ok(())
+    } else {
+        Err(err.into())
+    }
+}
+
+fn kind_name(kind: EntryType) -> String {
+    match kind {
+        EntryType::Regular | EntryType::Continuous => "regular file".into(),
+        EntryType::Link => "hardlink".into(),
+        EntryType::Symlink => "symlink".into(),
+        EntryType::Char => "character device".into(),
+        EntryType::Block => "block device".into(),
+        EntryType::Directory => "directory".into(),
+        EntryType::Fifo => "FIFO".into(),
+        other => format!("type {:?}", other.as_byte() as char),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pax_time;
+
+    #[test]
+    fn parses_pax_times() {
+        let t = pax_time(b"1600000000.5").unwrap();
+        assert_eq!((t.tv_sec(), t.tv_nsec()), (1_600_000_000, 500_000_000));
+        let t = pax_time(b"12").unwrap();
+        assert_eq!((t.tv_sec(), t.tv_nsec()), (12, 0));
+        let t = pax_time(b"-1.25").unwrap();
+        assert_eq!((t.tv_sec(), t.tv_nsec()), (-2, 750_000_000));
+        assert!(pax_time(b"x").is_none());
+    }
+}

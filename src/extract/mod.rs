@@ -1,0 +1,256 @@
+//! The helper's half of a layer: decompress, hash, and apply a tar stream to a root directory
+//! with OCI whiteout semantics (DESIGN §4.4, §5).
+
+mod apply;
+mod decompress;
+pub mod owner;
+pub mod path;
+
+use std::io::BufRead;
+use std::os::fd::BorrowedFd;
+
+use anyhow::{Context, Result};
+
+use crate::digest::HashingReader;
+use crate::protocol::{Applied, Compression};
+
+/// Applies the compressed layer `input` to the tree at `root`. `mapped_ids` is how many ids the
+/// caller's user namespace maps from 0; owners beyond them are recorded, not set.
+pub fn apply_layer(
+    input: impl BufRead,
+    compression: Compression,
+    root: BorrowedFd,
+    mapped_ids: u64,
+) -> Result<Applied> {
+    let stream = HashingReader::new(decompress::decoder(input, compression)?);
+    let mut archive = tar::Archive::new(stream);
+    let mut applier = apply::Applier::new(root, mapped_ids);
+    let mut entries = 0u64;
+    for entry in archive.entries().context("reading the layer")? {
+        let mut entry = entry.with_context(|| match entries {
+            0 => "not a valid tar stream".to_string(),
+            n => format!("reading the tar header after entry {n}"),
+        })?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        applier
+            .apply(&mut entry)
+            .with_context(|| format!("entry {name:?}"))?;
+        entries += 1;
+    }
+    let skipped = applier.finish()?;
+    // tar stops at the first end block; the diff ID covers every byte of the stream.
+    let mut stream = archive.into_inner();
+    stream.drain().context("reading past the tar end")?;
+    let (diff_id, bytes) = stream.finish();
+    Ok(Applied {
+        diff_id,
+        entries,
+        bytes,
+        skipped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Extraction into a temporary directory, without namespaces: `openat2(RESOLVE_IN_ROOT)`
+    //! alone must keep every entry inside.
+
+    use std::fs;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    use super::*;
+
+    enum E<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a str),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+    }
+
+    fn tar_of(entries: &[E]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for entry in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mtime(1_000_000);
+            header.set_uid(0);
+            header.set_gid(0);
+            let (name, data): (&str, &[u8]) = match entry {
+                E::Dir(name) => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_mode(0o755);
+                    (name, b"")
+                }
+                E::File(name, data) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_mode(0o644);
+                    (name, data.as_bytes())
+                }
+                E::Symlink(name, target) | E::Hardlink(name, target) => {
+                    let kind = if matches!(entry, E::Symlink(..)) {
+                        tar::EntryType::Symlink
+                    } else {
+                        tar::EntryType::Link
+                    };
+                    header.set_entry_type(kind);
+                    header.set_mode(0o777);
+                    header.set_link_name(target).unwrap();
+                    (name, b"")
+                }
+            };
+            header.set_size(data.len() as u64);
+            // Raw names: the tar crate's path setter would refuse `..` and absolute names.
+            let bytes = name.as_bytes();
+            header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+            header.set_cksum();
+            builder.append(&header, data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn apply(root: &Path, entries: &[E]) -> Result<Applied> {
+        let dir = fs::File::open(root).unwrap();
+        apply_layer(&tar_of(entries)[..], Compression::None, dir.as_fd(), 1)
+    }
+
+    fn read(path: &Path) -> String {
+        fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn whiteouts_spare_same_layer_files_and_remove_lower_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        apply(
+            root,
+            &[E::Dir("d"), E::File("d/lower", "1"), E::File("d/keep", "1")],
+        )
+        .unwrap();
+        apply(
+            root,
+            &[
+                E::File("d/new", "2"),
+                E::File("d/.wh.new", ""),
+                E::File("d/.wh.lower", ""),
+            ],
+        )
+        .unwrap();
+        assert!(!root.join("d/lower").exists());
+        assert_eq!(read(&root.join("d/new")), "2");
+        assert_eq!(read(&root.join("d/keep")), "1");
+        assert!(!root.join("d/.wh.new").exists());
+    }
+
+    #[test]
+    fn opaque_marker_after_siblings_hides_only_lower_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        apply(
+            root,
+            &[
+                E::Dir("d"),
+                E::File("d/old", "1"),
+                E::Dir("d/sub"),
+                E::File("d/sub/old", "1"),
+            ],
+        )
+        .unwrap();
+        apply(
+            root,
+            &[
+                E::Dir("d/sub"),
+                E::File("d/sub/new", "2"),
+                E::File("d/.wh..wh..opq", ""),
+            ],
+        )
+        .unwrap();
+        assert!(!root.join("d/old").exists());
+        assert!(!root.join("d/sub/old").exists());
+        assert_eq!(read(&root.join("d/sub/new")), "2");
+    }
+
+    #[test]
+    fn symlinked_parents_resolve_inside_the_root() {
+        let outside = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let escape = outside.path().to_str().unwrap();
+        apply(
+            root,
+            &[
+                E::Symlink("abs", escape),
+                E::Symlink("up", "../../../../.."),
+                E::File("abs/x", "in"),
+            ],
+        )
+        .unwrap();
+        apply(root, &[E::File("up/y", "in")]).unwrap();
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert_eq!(
+            read(&root.join(escape.trim_start_matches('/')).join("x")),
+            "in"
+        );
+        assert_eq!(read(&root.join("y")), "in");
+        assert_eq!(fs::read_link(root.join("abs")).unwrap(), Path::new(escape));
+    }
+
+    #[test]
+    fn refuses_dot_dot_and_a_non_directory_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = apply(tmp.path(), &[E::File("../x", "bad")]).unwrap_err();
+        assert!(format!("{err:#}").contains("'..'"), "{err:#}");
+        let err = apply(tmp.path(), &[E::Symlink("/", "/etc")]).unwrap_err();
+        assert!(format!("{err:#}").contains("root directory"), "{err:#}");
+    }
+
+    #[test]
+    fn hardlinks_share_inodes_and_replace_existing_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        apply(root, &[E::File("a", "data"), E::File("b", "old")]).unwrap();
+        apply(root, &[E::Hardlink("b", "/a"), E::Hardlink("a", "a")]).unwrap();
+        let (a, b) = (
+            fs::metadata(root.join("a")).unwrap(),
+            fs::metadata(root.join("b")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino());
+        assert_eq!(a.nlink(), 2);
+    }
+
+    #[test]
+    fn directories_merge_and_other_types_replace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        apply(
+            root,
+            &[
+                E::Dir("d"),
+                E::File("d/f", "1"),
+                E::Dir("x"),
+                E::File("x/f", "1"),
+            ],
+        )
+        .unwrap();
+        apply(root, &[E::Dir("d"), E::File("x", "now a file")]).unwrap();
+        assert_eq!(read(&root.join("d/f")), "1");
+        assert_eq!(read(&root.join("x")), "now a file");
+        assert_eq!(
+            fs::metadata(root.join("d")).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        assert_eq!(fs::metadata(root.join("d")).unwrap().mtime(), 1_000_000);
+    }
+
+    #[test]
+    fn the_diff_id_covers_trailing_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut stream = tar_of(&[E::File("f", "x")]);
+        stream.extend_from_slice(&[0u8; 4096]);
+        let dir = fs::File::open(tmp.path()).unwrap();
+        let applied = apply_layer(&stream[..], Compression::None, dir.as_fd(), 1).unwrap();
+        assert_eq!(applied.diff_id, crate::digest::Digest::of_bytes(&stream));
+        assert_eq!(applied.bytes, stream.len() as u64);
+        assert_eq!(applied.entries, 1);
+    }
+}

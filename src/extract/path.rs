@@ -1,0 +1,191 @@
+//! Pure rules for tar entry names: normalisation, whiteouts, and the set of paths a layer
+//! wrote (which whiteouts must spare). No syscalls here.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// AUFS bookkeeping names (`.wh..wh.plnk`, `.wh..wh.aufs`) share this prefix.
+const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("name contains a '..' component")]
+    DotDot,
+    #[error("name contains a NUL byte")]
+    Nul,
+    #[error("bare whiteout '.wh.' names nothing to remove")]
+    BareWhiteout,
+    #[error("whiteout names '{0}', which is not a sibling")]
+    WhiteoutEscape(String),
+}
+
+/// Turns a tar entry name into a path relative to the root: leading `/` and `./` are stripped,
+/// `.` components dropped, and `..` refused rather than clamped (a layer that needs `..` in a
+/// name is broken or hostile). The empty path is the root itself.
+pub fn normalize(name: &[u8]) -> Result<PathBuf, NameError> {
+    if name.contains(&0) {
+        return Err(NameError::Nul);
+    }
+    let mut path = PathBuf::new();
+    for component in Path::new(OsStr::from_bytes(name)).components() {
+        match component {
+            Component::Normal(part) => path.push(part),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => return Err(NameError::DotDot),
+            Component::Prefix(_) => unreachable!("no path prefixes on unix"),
+        }
+    }
+    Ok(path)
+}
+
+/// What a normalised entry path asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Create or replace the path.
+    Create,
+    /// `dir/.wh.NAME`: remove `dir/NAME` as it exists in lower layers.
+    Whiteout { target: PathBuf },
+    /// `dir/.wh..wh..opq`: hide everything lower layers put in `dir`.
+    Opaque { dir: &'a Path },
+    /// AUFS bookkeeping that means nothing to an OCI rootfs.
+    AufsMeta,
+}
+
+pub fn classify(path: &Path) -> Result<Action<'_>, NameError> {
+    let Some(name) = path.file_name().map(OsStrExt::as_bytes) else {
+        return Ok(Action::Create);
+    };
+    let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) else {
+        return Ok(Action::Create);
+    };
+    let dir = path.parent().unwrap_or(Path::new(""));
+    if name == OPAQUE_MARKER {
+        return Ok(Action::Opaque { dir });
+    }
+    if name.starts_with(AUFS_META_PREFIX) {
+        return Ok(Action::AufsMeta);
+    }
+    match target {
+        b"" => Err(NameError::BareWhiteout),
+        b"." | b".." => Err(NameError::WhiteoutEscape(
+            String::from_utf8_lossy(target).into_owned(),
+        )),
+        _ => Ok(Action::Whiteout {
+            target: dir.join(OsStr::from_bytes(target)),
+        }),
+    }
+}
+
+/// Paths this layer created, with all their ancestors. A whiteout or opaque marker removes only
+/// what lower layers left: anything in this set survives it (image-spec layer.md: "Files that
+/// are present in the same layer as a whiteout file can only be hidden by whiteout files in
+/// subsequent layers"), and an ancestor is descended into rather than removed whole.
+#[derive(Default)]
+pub struct UpperPaths(HashSet<PathBuf>);
+
+impl UpperPaths {
+    pub fn insert(&mut self, path: &Path) {
+        let mut current = Some(path);
+        while let Some(p) = current {
+            if p.as_os_str().is_empty() || !self.0.insert(p.to_path_buf()) {
+                break;
+            }
+            current = p.parent();
+        }
+    }
+
+    pub fn contains(&self, path: &Path) -> bool {
+        self.0.contains(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(name: &str) -> Result<PathBuf, NameError> {
+        normalize(name.as_bytes())
+    }
+
+    #[test]
+    fn strips_absolute_and_dot_prefixes() {
+        assert_eq!(norm("/etc/passwd").unwrap(), Path::new("etc/passwd"));
+        assert_eq!(norm("./etc/./passwd").unwrap(), Path::new("etc/passwd"));
+        assert_eq!(norm("etc//hosts/").unwrap(), Path::new("etc/hosts"));
+        assert_eq!(norm("/").unwrap(), Path::new(""));
+        assert_eq!(norm("./").unwrap(), Path::new(""));
+        assert_eq!(norm("").unwrap(), Path::new(""));
+    }
+
+    #[test]
+    fn refuses_dot_dot_anywhere() {
+        for name in ["..", "../x", "a/../b", "/../etc", "a/b/..", "./.."] {
+            assert_eq!(norm(name), Err(NameError::DotDot), "{name}");
+        }
+        assert_eq!(norm("a..b/..c").unwrap(), Path::new("a..b/..c"));
+    }
+
+    #[test]
+    fn refuses_nul() {
+        assert_eq!(normalize(b"a\0b"), Err(NameError::Nul));
+    }
+
+    #[test]
+    fn classifies_whiteouts() {
+        let p = norm("etc/.wh.passwd").unwrap();
+        assert_eq!(
+            classify(&p).unwrap(),
+            Action::Whiteout {
+                target: PathBuf::from("etc/passwd")
+            }
+        );
+        let p = norm(".wh.top").unwrap();
+        assert_eq!(
+            classify(&p).unwrap(),
+            Action::Whiteout {
+                target: PathBuf::from("top")
+            }
+        );
+        let p = norm("var/.wh..wh..opq").unwrap();
+        assert_eq!(
+            classify(&p).unwrap(),
+            Action::Opaque {
+                dir: Path::new("var")
+            }
+        );
+        let p = norm(".wh..wh..opq").unwrap();
+        assert_eq!(classify(&p).unwrap(), Action::Opaque { dir: Path::new("") });
+        let p = norm("x/.wh..wh.plnk").unwrap();
+        assert_eq!(classify(&p).unwrap(), Action::AufsMeta);
+        let p = norm("etc/passwd.wh.x").unwrap();
+        assert_eq!(classify(&p).unwrap(), Action::Create);
+        assert_eq!(classify(Path::new("")).unwrap(), Action::Create);
+    }
+
+    #[test]
+    fn refuses_bad_whiteouts() {
+        assert_eq!(
+            classify(&norm("a/.wh.").unwrap()),
+            Err(NameError::BareWhiteout)
+        );
+        assert!(matches!(
+            classify(&norm("a/.wh...").unwrap()),
+            Err(NameError::WhiteoutEscape(_))
+        ));
+    }
+
+    #[test]
+    fn upper_paths_include_ancestors() {
+        let mut upper = UpperPaths::default();
+        upper.insert(Path::new("a/b/c"));
+        assert!(upper.contains(Path::new("a/b/c")));
+        assert!(upper.contains(Path::new("a/b")));
+        assert!(upper.contains(Path::new("a")));
+        assert!(!upper.contains(Path::new("a/x")));
+        assert!(!upper.contains(Path::new("")));
+    }
+}

@@ -1,0 +1,201 @@
+//! Resolving IMAGE to what is to be unpacked: OCI layout → `index.json` entry → (nested
+//! indexes →) manifest → config → layers, with every JSON document verified against its
+//! descriptor before it is parsed.
+//!
+//! Layer blobs are not read here: the caller streams each one to the extractor, checking its
+//! size and digest on the way, and verifies the diff ID the extractor reports.
+
+mod layout;
+mod media;
+mod platform;
+mod reference;
+mod select;
+#[cfg(test)]
+mod tests;
+
+use std::error::Error;
+use std::io;
+use std::path::PathBuf;
+
+use oci_spec::image::Descriptor;
+
+pub use self::layout::Layout;
+use self::layout::descriptor_digest;
+pub use self::platform::Platform;
+pub use self::reference::{ImageRef, Selector};
+use crate::digest::Digest;
+use crate::protocol::Compression;
+
+/// The most we read of any JSON document. Real ones are a few KiB; the cap keeps a descriptor
+/// that claims gigabytes from making us allocate them.
+const MAX_JSON_SIZE: u64 = 4 << 20;
+
+/// An image ready to unpack: its layers in order, bottom first.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub layout: Layout,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub layers: Vec<Layer>,
+}
+
+/// A layer as the manifest describes it, with the diff ID the config expects once it is
+/// decompressed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+    pub diff_id: Digest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image reference {text:?}: {reason}")]
+    Reference { text: String, reason: String },
+    #[error("invalid platform {text:?}: expected OS/ARCH[/VARIANT], such as linux/arm64/v8")]
+    Platform { text: String },
+    #[error("not an OCI image layout: {} {reason}", .path.display())]
+    NotALayout { path: PathBuf, reason: &'static str },
+    #[error("cannot read {}: {error}", .path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("tag '{tag}' not found in {} (available: {})", .layout.display(), list(.available))]
+    TagNotFound {
+        tag: String,
+        layout: PathBuf,
+        available: Vec<String>,
+    },
+    #[error("{digest} is not listed in {}/index.json nor in an index it lists", .layout.display())]
+    DigestNotFound { digest: Digest, layout: PathBuf },
+    #[error(
+        "{path} holds several images; choose one as {path}:TAG or {path}@DIGEST (available: {})",
+        list(.available),
+        path = .layout.display()
+    )]
+    Ambiguous {
+        layout: PathBuf,
+        available: Vec<String>,
+    },
+    #[error("no image for {platform} in {within} (available: {})", list(.available))]
+    NoMatchingPlatform {
+        platform: Platform,
+        within: String,
+        available: Vec<String>,
+    },
+    #[error("blob {digest} is missing from the layout {}", .layout.display())]
+    MissingBlob { digest: Digest, layout: PathBuf },
+    #[error("{what} is {size} bytes, more than the {} MiB we read of a JSON document", MAX_JSON_SIZE >> 20)]
+    TooLarge { what: String, size: u64 },
+    #[error("{what} is {actual} bytes, but its descriptor says {expected}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{what} is corrupt: its content has digest {actual}")]
+    DigestMismatch { what: String, actual: Digest },
+    #[error("garbled {what}: {detail}")]
+    Garbled { what: String, detail: String },
+    #[error(
+        "{what} has unsupported media type {media_type}{}",
+        if media::is_docker_schema1(.media_type) { " (Docker schema 1)" } else { "" }
+    )]
+    UnsupportedMediaType { what: String, media_type: String },
+    /// Content that parses but breaks a rule of the image spec.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Finds the image `reference` names for `platform` and checks that its manifest and config
+/// agree on its layers.
+pub fn resolve(reference: &ImageRef, platform: &Platform) -> Result<Image, ImageError> {
+    let layout = Layout::open(&reference.layout)?;
+    let descriptor = select::manifest_descriptor(&layout, reference, platform)?;
+    let (manifest_digest, manifest) = layout.manifest(&descriptor)?;
+
+    let config_descriptor = manifest.config();
+    let config_type = config_descriptor.media_type().as_ref();
+    if !media::is_image_config(config_type) {
+        return Err(ImageError::UnsupportedMediaType {
+            what: format!("the config of manifest {manifest_digest}"),
+            media_type: config_type.to_owned(),
+        });
+    }
+    let (config_digest, config) = layout.config(config_descriptor)?;
+
+    let rootfs = config.rootfs();
+    if rootfs.typ() != "layers" {
+        return Err(ImageError::Invalid(format!(
+            "config {config_digest} has rootfs type '{}', expected 'layers'",
+            rootfs.typ()
+        )));
+    }
+    let diff_ids = rootfs.diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(ImageError::Invalid(format!(
+            "manifest {manifest_digest} has {} layers but its config lists {} diff IDs",
+            manifest.layers().len(),
+            diff_ids.len()
+        )));
+    }
+    let layers = (1..)
+        .zip(manifest.layers().iter().zip(diff_ids))
+        .map(|(number, (descriptor, diff_id))| layer(number, descriptor, diff_id, &config_digest))
+        .collect::<Result<_, _>>()?;
+
+    Ok(Image {
+        layout,
+        manifest_digest,
+        config_digest,
+        layers,
+    })
+}
+
+/// The `number`th layer (counting from 1, as people do), paired with its diff ID.
+fn layer(
+    number: usize,
+    descriptor: &Descriptor,
+    diff_id: &str,
+    config: &Digest,
+) -> Result<Layer, ImageError> {
+    let digest = descriptor_digest(&format!("layer {number}"), descriptor)?;
+    let media_type = descriptor.media_type().to_string();
+    let compression =
+        media::layer_compression(&media_type).ok_or_else(|| ImageError::UnsupportedMediaType {
+            what: format!("layer {number} ({digest})"),
+            media_type: media_type.clone(),
+        })?;
+    let diff_id = Digest::parse(diff_id).map_err(|_| {
+        ImageError::Invalid(format!(
+            "config {config} lists diff ID {diff_id:?} for layer {number}, which is not a sha256 digest"
+        ))
+    })?;
+    Ok(Layer {
+        digest,
+        size: descriptor.size(),
+        media_type,
+        compression,
+        diff_id,
+    })
+}
+
+/// oci-spec's errors say only "serde failed" or "io operation failed"; the detail is in their
+/// sources.
+fn describe(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}

@@ -1,0 +1,70 @@
+//! What the parent and `strata-helper` say to each other.
+//!
+//! The parent starts the helper with one argument, a JSON [`Request`]. For [`Op::Apply`] the
+//! compressed layer arrives on stdin. The helper answers with exactly one JSON [`Reply`] line on
+//! the result pipe, which it finds as fd [`RESULT_FD`], and exits 0 only when the reply is not an
+//! error.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// The fd on which the helper writes its one-line reply.
+pub const RESULT_FD: i32 = 3;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Request {
+    /// The directory the helper pivots into: the only tree it may write.
+    pub root: PathBuf,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Apply the layer on stdin to `root`, with OCI whiteout semantics.
+    Apply { compression: Compression },
+    /// Copy the tree at `source` into the empty `root`, preserving hardlinks, owners, modes,
+    /// times and xattrs; never sharing inodes with `source`.
+    Copy { source: PathBuf },
+    /// Remove everything inside `root` (the parent then removes the empty directory).
+    Clear,
+}
+
+/// The compression a layer's media type declares. The helper checks it against the stream's
+/// magic bytes; `Detect` (Docker's `…diff.tar`) accepts whatever the magic says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    Detect,
+}
+
+/// A path the helper could not reproduce, and why (device nodes, forbidden xattrs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The helper's account of one applied layer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Applied {
+    pub diff_id: Digest,
+    pub entries: u64,
+    /// Uncompressed bytes, trailing data included.
+    pub bytes: u64,
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Error { error: String },
+    Applied(Applied),
+    Done { done: bool },
+}

@@ -1,0 +1,174 @@
+//! The snapshot store, native snapshotter: every committed snapshot is a full tree, named by
+//! its chain ID (DESIGN §3).
+//!
+//! ```text
+//! STORE/lock                      held exclusively by the running strata
+//! STORE/snapshots/<chain hex>/    committed: fs/ (the tree) and info.json
+//! STORE/tmp/extract-<unique>/     active snapshots; whatever is here at start is crash debris
+//! ```
+//! Commit is a rename, so a snapshot is either whole under its chain ID or not there.
+
+use std::fs::{self, DirBuilder, File};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::sandbox::Helper;
+
+/// What the store keeps about a committed snapshot, beside its tree.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub chain_id: Digest,
+    pub parent: Option<Digest>,
+    pub diff_id: Digest,
+    /// The compressed blob it was extracted from.
+    pub layer: Digest,
+    /// Seconds since the epoch.
+    pub created: u64,
+}
+
+pub struct Store {
+    root: PathBuf,
+    helper: Helper,
+    /// Held for the store's lifetime: two strata processes never change one store at once.
+    _lock: File,
+}
+
+/// A snapshot being written: unique to this attempt, invisible under any chain ID.
+pub struct Active {
+    dir: PathBuf,
+}
+
+impl Active {
+    /// The tree the layer is applied to.
+    pub fn fs(&self) -> PathBuf {
+        self.dir.join("fs")
+    }
+}
+
+impl Store {
+    /// Opens (creating, mode 0700) the store at `root`, waits for its lock, and removes the
+    /// debris of runs that died.
+    pub fn open(root: &Path, helper: Helper) -> Result<Store> {
+        let private = |dir: &Path| {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating store directory {}", dir.display()))
+        };
+        private(root)?;
+        private(&root.join("snapshots"))?;
+        private(&root.join("tmp"))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("lock"))
+            .with_context(|| format!("opening the lock of store {}", root.display()))?;
+        lock.lock()
+            .with_context(|| format!("locking store {}", root.display()))?;
+        let store = Store {
+            root: root.to_path_buf(),
+            helper,
+            _lock: lock,
+        };
+        store.remove_debris()?;
+        Ok(store)
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn snapshot_dir(&self, chain_id: &Digest) -> PathBuf {
+        self.root.join("snapshots").join(chain_id.hex())
+    }
+
+    fn remove_debris(&self) -> Result<()> {
+        for entry in fs::read_dir(self.tmp()).context("listing the store's tmp directory")? {
+            let path = entry?.path();
+            self.helper
+                .remove_dir(&path)
+                .with_context(|| format!("removing debris {} of an earlier run", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The tree of the committed snapshot `chain_id`, if there is one.
+    pub fn committed(&self, chain_id: &Digest) -> Option<PathBuf> {
+        let dir = self.snapshot_dir(chain_id);
+        dir.is_dir().then(|| dir.join("fs"))
+    }
+
+    /// A new active snapshot holding a copy of `parent` (or empty).
+    pub fn prepare(&self, parent: Option<&Digest>) -> Result<Active> {
+        let active = Active {
+            dir: self.tmp().join(unique_key()),
+        };
+        let fs_dir = active.fs();
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&active.dir)
+            .and_then(|()| DirBuilder::new().mode(0o755).create(&fs_dir))
+            .with_context(|| format!("creating active snapshot {}", active.dir.display()))?;
+        if let Some(parent) = parent {
+            let source = self
+                .committed(parent)
+                .with_context(|| format!("parent snapshot {parent} is not committed"))?;
+            if let Err(err) = self.helper.copy(&source, &fs_dir) {
+                self.remove(active)?;
+                return Err(err.context(format!("copying snapshot {parent}")));
+            }
+        }
+        Ok(active)
+    }
+
+    /// Publishes `active` under `info.chain_id`. A snapshot another run committed first wins:
+    /// both hold the same verified content.
+    pub fn commit(&self, active: Active, info: &SnapshotInfo) -> Result<()> {
+        let record = serde_json::to_vec_pretty(info)?;
+        fs::write(active.dir.join("info.json"), record).context("writing snapshot info")?;
+        match fs::rename(&active.dir, self.snapshot_dir(&info.chain_id)) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
+                self.remove(active)
+            }
+            Err(e) => Err(e).with_context(|| format!("committing snapshot {}", info.chain_id)),
+        }
+    }
+
+    /// Discards an active snapshot.
+    pub fn remove(&self, active: Active) -> Result<()> {
+        self.helper
+            .remove_dir(&active.dir)
+            .with_context(|| format!("removing active snapshot {}", active.dir.display()))
+    }
+}
+
+/// `extract-<pid>-<nanos>-<counter>`: unique across processes and attempts, as containerd's
+/// `extract-<nanos>-<random> <chainID>` keys are.
+fn unique_key() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "extract-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,236 @@
+//! The unpack pipeline: the seed's `ApplyLayers`, made rootless (DESIGN §3). Resolve the image,
+//! plan by chain ID, extract each missing layer into an active snapshot through the helper,
+//! verify, commit; then produce DEST from the top snapshot.
+
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::dest::Staging;
+use crate::digest::{Digest, VerifiedReader};
+use crate::image::{self, Image, ImageRef, Layer, Platform};
+use crate::plan::plan;
+use crate::protocol::{Applied, Skipped};
+use crate::sandbox::Helper;
+use crate::store::{SnapshotInfo, Store, now};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `PATH`, `PATH:TAG`, `PATH@sha256:…` or `oci:PATH[:TAG]`.
+    pub image: String,
+    pub dest: PathBuf,
+    /// The snapshot store, or `None` to apply every layer straight into DEST.
+    pub store: Option<PathBuf>,
+    /// `os/arch[/variant]`; the host's platform when `None`.
+    pub platform: Option<String>,
+}
+
+/// What `strata unpack --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub manifest: Digest,
+    /// The top layer's chain ID (`None` for an image without layers).
+    pub chain_id: Option<Digest>,
+    pub rootfs: PathBuf,
+    pub layers: Vec<LayerReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayerReport {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub chain_id: Digest,
+    /// The layer's snapshot was already committed: nothing was extracted.
+    pub cached: bool,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Progress for a caller that wants to show it.
+pub enum Progress<'a> {
+    Extracting {
+        index: usize,
+        count: usize,
+        layer: &'a Layer,
+    },
+    Cached {
+        index: usize,
+        count: usize,
+        layer: &'a Layer,
+    },
+    Copying,
+}
+
+pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
+    let reference = ImageRef::parse(&options.image)?;
+    let platform = match &options.platform {
+        Some(text) => Platform::parse(text)?,
+        None => Platform::host(),
+    };
+    let image = image::resolve(&reference, &platform)?;
+    let helper = Helper::locate()?;
+    let staging = Staging::create(&options.dest)?;
+    let layers = match &options.store {
+        Some(store) => Store::open(store, helper.clone())
+            .and_then(|store| unpack_with_store(&store, &helper, &image, &staging, progress)),
+        None => unpack_directly(&helper, &image, &staging, progress),
+    };
+    let layers = match layers {
+        Ok(layers) => layers,
+        Err(err) => {
+            if let Err(cleanup) = staging.discard(&helper) {
+                return Err(err.context(format!("(and cleaning up failed: {cleanup:#})")));
+            }
+            return Err(err);
+        }
+    };
+    staging.publish()?;
+    Ok(Report {
+        manifest: image.manifest_digest.clone(),
+        chain_id: layers.last().map(|l| l.chain_id.clone()),
+        rootfs: options.dest.clone(),
+        layers,
+    })
+}
+
+/// `--no-store`: every layer goes straight into the staging directory.
+fn unpack_directly(
+    helper: &Helper,
+    image: &Image,
+    staging: &Staging,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<LayerReport>> {
+    let plan = plan(&diff_ids(image), |_| false);
+    let count = image.layers.len();
+    let mut reports = Vec::with_capacity(count);
+    for (index, (layer, chain_id)) in image.layers.iter().zip(plan.chain_ids).enumerate() {
+        progress(Progress::Extracting {
+            index,
+            count,
+            layer,
+        });
+        let applied = extract(helper, image, index, staging.path())?;
+        reports.push(report(layer, chain_id, false, applied.skipped));
+    }
+    Ok(reports)
+}
+
+fn unpack_with_store(
+    store: &Store,
+    helper: &Helper,
+    image: &Image,
+    staging: &Staging,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<LayerReport>> {
+    let plan = plan(&diff_ids(image), |chain_id| {
+        store.committed(chain_id).is_some()
+    });
+    let count = image.layers.len();
+    let mut reports = Vec::with_capacity(count);
+    for (index, layer) in image.layers.iter().enumerate() {
+        let chain_id = plan.chain_ids[index].clone();
+        if index < plan.first_missing {
+            progress(Progress::Cached {
+                index,
+                count,
+                layer,
+            });
+            reports.push(report(layer, chain_id, true, Vec::new()));
+            continue;
+        }
+        progress(Progress::Extracting {
+            index,
+            count,
+            layer,
+        });
+        let parent = index.checked_sub(1).map(|below| &plan.chain_ids[below]);
+        let active = store
+            .prepare(parent)
+            .with_context(|| describe(image, index))?;
+        let applied = match extract(helper, image, index, &active.fs()) {
+            Ok(applied) => applied,
+            Err(err) => {
+                store.remove(active)?;
+                return Err(err);
+            }
+        };
+        let info = SnapshotInfo {
+            chain_id: chain_id.clone(),
+            parent: parent.cloned(),
+            diff_id: layer.diff_id.clone(),
+            layer: layer.digest.clone(),
+            created: now(),
+        };
+        store
+            .commit(active, &info)
+            .with_context(|| describe(image, index))?;
+        reports.push(report(layer, chain_id, false, applied.skipped));
+    }
+    if let Some(top) = plan.chain_ids.last() {
+        progress(Progress::Copying);
+        let tree = store
+            .committed(top)
+            .with_context(|| format!("snapshot {top} vanished"))?;
+        helper
+            .copy(&tree, staging.path())
+            .context("copying the unpacked tree to the destination")?;
+    }
+    Ok(reports)
+}
+
+/// Streams layer `index` to a helper that applies it to `root`, checking the blob's digest and
+/// size on the way and the diff ID at the end.
+fn extract(
+    helper: &Helper,
+    image: &Image,
+    index: usize,
+    root: &std::path::Path,
+) -> Result<Applied> {
+    let layer = &image.layers[index];
+    let run = || -> Result<Applied> {
+        let blob = image.layout.open_blob(&layer.digest)?;
+        let mut blob = VerifiedReader::new(
+            BufReader::with_capacity(256 * 1024, blob),
+            &layer.digest,
+            layer.size,
+        );
+        let applied = helper.apply(root, layer.compression, &mut blob)?;
+        if applied.diff_id != layer.diff_id {
+            bail!(
+                "diff ID mismatch: the config lists {} but the layer decompresses to {}",
+                layer.diff_id,
+                applied.diff_id
+            );
+        }
+        Ok(applied)
+    };
+    run().with_context(|| describe(image, index))
+}
+
+fn describe(image: &Image, index: usize) -> String {
+    format!(
+        "layer {}/{} ({})",
+        index + 1,
+        image.layers.len(),
+        image.layers[index].digest
+    )
+}
+
+fn diff_ids(image: &Image) -> Vec<Digest> {
+    image
+        .layers
+        .iter()
+        .map(|layer| layer.diff_id.clone())
+        .collect()
+}
+
+fn report(layer: &Layer, chain_id: Digest, cached: bool, skipped: Vec<Skipped>) -> LayerReport {
+    LayerReport {
+        digest: layer.digest.clone(),
+        diff_id: layer.diff_id.clone(),
+        chain_id,
+        cached,
+        skipped,
+    }
+}
