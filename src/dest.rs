@@ -19,9 +19,10 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Checks that DEST is absent or an empty directory, and creates the staging directory,
-    /// mode 0700 (no other user may reach setuid files inside, as with umoci's bundles).
-    pub fn create(dest: &Path) -> Result<Staging> {
+    /// Checks that DEST is absent or an empty directory, removes what killed runs left beside
+    /// it, and creates the staging directory, mode 0700 (no other user may reach setuid files
+    /// inside, as with umoci's bundles).
+    pub fn create(dest: &Path, helper: &Helper) -> Result<Staging> {
         let replaces_empty_dir = match fs::symlink_metadata(dest) {
             Ok(meta) if meta.is_dir() => {
                 let mut entries =
@@ -50,15 +51,13 @@ impl Staging {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
+        let prefix = format!(".{}.strata-", name.to_string_lossy());
+        remove_dead_runs_debris(parent, &prefix, helper)?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let dir = parent.join(format!(
-            ".{}.strata-{}-{nanos}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        let dir = parent.join(format!("{prefix}{}-{nanos}", std::process::id()));
         DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -90,4 +89,29 @@ impl Staging {
     pub fn discard(self, helper: &Helper) -> Result<()> {
         helper.remove_dir(&self.dir)
     }
+}
+
+/// Staging directories `PREFIX<pid>-<nanos>` whose process is gone are debris of a killed run.
+fn remove_dead_runs_debris(parent: &Path, prefix: &str, helper: &Helper) -> Result<()> {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            != Err(nix::errno::Errno::ESRCH);
+        if !alive {
+            let path = entry.path();
+            helper
+                .remove_dir(&path)
+                .with_context(|| format!("removing {} left by a killed run", path.display()))?;
+        }
+    }
+    Ok(())
 }

@@ -70,7 +70,7 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
     };
     let image = image::resolve(&reference, &platform)?;
     let helper = Helper::locate()?;
-    let staging = Staging::create(&options.dest)?;
+    let staging = Staging::create(&options.dest, &helper)?;
     let layers = match &options.store {
         Some(store) => Store::open(store, helper.clone())
             .and_then(|store| unpack_with_store(&store, &helper, &image, &staging, progress)),
