@@ -8,7 +8,7 @@
 mod confine;
 
 use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::os::fd::{AsFd, FromRawFd};
 use std::path::Path;
 use std::process::ExitCode;
@@ -64,7 +64,8 @@ fn run() -> Result<Reply> {
 
     match request.op {
         Op::Apply { compression } => {
-            let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+            // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads stdin.
+            let stdin = unsafe { File::from_raw_fd(0) };
             let input = BufReader::with_capacity(256 * 1024, stdin);
             let applied = extract::apply_layer(input, compression, root.as_fd(), mapped_ids)?;
             Ok(Reply::Applied(applied))

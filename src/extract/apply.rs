@@ -220,34 +220,12 @@ impl<'a> Applier<'a> {
                     .context("symlink without a target")?;
                 self.replace(parent, name)?;
                 symlinkat(OsStr::from_bytes(&target), parent, name)?;
-                self.set_owner_at(parent, name, &meta)?;
-                utimensat(
-                    parent,
-                    name,
-                    &meta.mtime,
-                    &meta.mtime,
-                    UtimensatFlags::NoFollowSymlink,
-                )?;
+                self.set_meta_at(parent, name, &meta, false)?;
             }
             EntryType::Fifo => {
                 self.replace(parent, name)?;
                 mkfifoat(parent, name, Mode::from_bits_truncate(0o600))?;
-                self.set_owner_at(parent, name, &meta)?;
-                // The FIFO was just made in a tree only this process writes; fchmodat cannot
-                // refuse to follow without /proc, which the sandbox does not have.
-                fchmodat(
-                    parent,
-                    name,
-                    Mode::from_bits_truncate(meta.mode & 0o7777),
-                    FchmodatFlags::FollowSymlink,
-                )?;
-                utimensat(
-                    parent,
-                    name,
-                    &meta.mtime,
-                    &meta.mtime,
-                    UtimensatFlags::NoFollowSymlink,
-                )?;
+                self.set_meta_at(parent, name, &meta, true)?;
             }
             other => {
                 self.skip(path, format!("unsupported entry type {}", kind_name(other)));
@@ -370,18 +348,28 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Owner of a symlink or FIFO, which cannot carry the `user.*` record: ids the namespace
-    /// cannot map are lost, as with umoci.
-    fn set_owner_at(&self, parent: BorrowedFd, name: &OsStr, meta: &Meta) -> Result<()> {
+    /// Owner, mode (`chmod`: not for symlinks, whose mode means nothing) and times of a
+    /// symlink or FIFO, by name. Neither can carry the `user.*` owner record: ids the
+    /// namespace cannot map are lost, as with umoci.
+    fn set_meta_at(
+        &self,
+        parent: BorrowedFd,
+        name: &OsStr,
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<()> {
         if let Some((uid, gid)) = owner::place(meta.uid, meta.gid, self.mapped_ids).chown {
-            fchownat(
-                parent,
-                name,
-                Some(Uid::from_raw(uid)),
-                Some(Gid::from_raw(gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?;
+            let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+            fchownat(parent, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)?;
         }
+        if chmod {
+            // Only ever a FIFO this process just made, in a tree nobody else writes; fchmodat
+            // cannot refuse to follow a symlink without /proc, which the sandbox lacks.
+            let mode = Mode::from_bits_truncate(meta.mode & 0o7777);
+            fchmodat(parent, name, mode, FchmodatFlags::FollowSymlink)?;
+        }
+        let flags = UtimensatFlags::NoFollowSymlink;
+        utimensat(parent, name, &meta.mtime, &meta.mtime, flags)?;
         Ok(())
     }
 
