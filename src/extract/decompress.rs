@@ -25,9 +25,9 @@ pub fn sniff(head: &[u8]) -> Compression {
 /// The decompressed stream. `declared` gzip or zstd must match the magic; an uncompressed
 /// declaration accepts compressed data too (Docker's `…diff.tar` is often gzip).
 pub fn decoder<'a>(
-    mut input: impl BufRead + 'a,
+    mut input: impl BufRead + Send + 'a,
     declared: Compression,
-) -> io::Result<Box<dyn Read + 'a>> {
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     let mut head = Vec::with_capacity(4);
     (&mut input).take(4).read_to_end(&mut head)?;
     let found = sniff(&head);

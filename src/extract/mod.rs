@@ -6,23 +6,65 @@ mod decompress;
 pub mod owner;
 pub mod path;
 
-use std::io::BufRead;
+use std::io::{self, BufRead, Read};
 use std::os::fd::BorrowedFd;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 
-use crate::digest::HashingReader;
+use crate::digest::{Digest, HashingReader};
 use crate::protocol::{Applied, Compression};
+
+/// Decompressed bytes travel between the threads in chunks of this size, at most
+/// `CHUNKS_IN_FLIGHT` at a time: memory stays bounded whatever the layer's size.
+const CHUNK: usize = 256 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// Applies the compressed layer `input` to the tree at `root`. `mapped_ids` is how many ids the
 /// caller's user namespace maps from 0; owners beyond them are recorded, not set.
+///
+/// Inflating and hashing run on a second thread, so they overlap with creating files, which on
+/// most disks is the slower half.
 pub fn apply_layer(
-    input: impl BufRead,
+    input: impl BufRead + Send,
     compression: Compression,
     root: BorrowedFd,
     mapped_ids: u64,
 ) -> Result<Applied> {
-    let stream = HashingReader::new(decompress::decoder(input, compression)?);
+    let decoder = decompress::decoder(input, compression)?;
+    let (sender, receiver) = sync_channel(CHUNKS_IN_FLIGHT);
+    thread::scope(|scope| {
+        let inflater = scope.spawn(move || inflate(decoder, sender));
+        let mut stream = ChunkReader {
+            chunks: receiver,
+            chunk: Vec::new(),
+            offset: 0,
+        };
+        let applied = extract(&mut stream, root, mapped_ids);
+        // Dropping the receiver tells the inflater to stop if extraction failed early.
+        drop(stream);
+        let hashed = inflater
+            .join()
+            .map_err(|_| anyhow!("the decompression thread panicked"));
+        let (entries, skipped) = applied?;
+        let (diff_id, bytes) = hashed??;
+        Ok(Applied {
+            diff_id,
+            entries,
+            bytes,
+            skipped,
+        })
+    })
+}
+
+/// Reads the tar stream and applies its entries; then reads to the end of the stream, because
+/// tar stops at its first end block while the diff ID covers every byte.
+fn extract(
+    stream: &mut ChunkReader,
+    root: BorrowedFd,
+    mapped_ids: u64,
+) -> Result<(u64, Vec<crate::protocol::Skipped>)> {
     let mut archive = tar::Archive::new(stream);
     let mut applier = apply::Applier::new(root, mapped_ids);
     let mut entries = 0u64;
@@ -38,16 +80,72 @@ pub fn apply_layer(
         entries += 1;
     }
     let skipped = applier.finish()?;
-    // tar stops at the first end block; the diff ID covers every byte of the stream.
-    let mut stream = archive.into_inner();
-    stream.drain().context("reading past the tar end")?;
-    let (diff_id, bytes) = stream.finish();
-    Ok(Applied {
-        diff_id,
-        entries,
-        bytes,
-        skipped,
-    })
+    io::copy(archive.into_inner(), &mut io::sink()).context("reading past the tar end")?;
+    Ok((entries, skipped))
+}
+
+/// The inflater thread: decompresses and hashes everything, passing chunks on. A decoder error
+/// travels down the channel in place of the next chunk.
+fn inflate(
+    decoder: Box<dyn Read + Send + '_>,
+    chunks: SyncSender<io::Result<Vec<u8>>>,
+) -> Result<(Digest, u64)> {
+    let mut stream = HashingReader::new(decoder);
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        match read_chunk(&mut stream, &mut chunk) {
+            Ok(0) => return Ok(stream.finish()),
+            Ok(n) => {
+                chunk.truncate(n);
+                if chunks.send(Ok(chunk)).is_err() {
+                    // Extraction gave up; its error is the one to report.
+                    return Ok(stream.finish());
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                let _ = chunks.send(Err(err));
+                return Err(anyhow!(message));
+            }
+        }
+    }
+}
+
+/// Fills `chunk` as far as the stream allows, so chunks are full except the last.
+fn read_chunk(stream: &mut impl Read, chunk: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < chunk.len() {
+        match stream.read(&mut chunk[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The extraction thread's view of the decompressed stream.
+struct ChunkReader {
+    chunks: Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    offset: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.chunk.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => (self.chunk, self.offset) = (chunk?, 0),
+                // The inflater is done: end of stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.offset);
+        buf[..n].copy_from_slice(&self.chunk[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
