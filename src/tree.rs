@@ -65,6 +65,17 @@ impl Copier<'_> {
         };
         let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
         let mode = Mode::from_bits_truncate(st.st_mode & 0o7777);
+        // Any non-directory may have several names (a hardlink to a symlink links the symlink):
+        // later names link to the first copy.
+        if kind != SFlag::S_IFDIR && st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
+            if let Some(first) = self.links.get(&key) {
+                let flags = AtFlags::empty();
+                linkat(self.dest_root, first.as_path(), to, name.as_os_str(), flags)?;
+                return Ok(());
+            }
+            self.links.insert(key, path.to_path_buf());
+        }
         match kind {
             SFlag::S_IFDIR => {
                 mkdirat(to, name.as_os_str(), Mode::from_bits_truncate(0o700))?;
@@ -73,20 +84,6 @@ impl Copier<'_> {
                 finish_fd(src.as_fd(), dst.as_fd(), &st)?;
             }
             SFlag::S_IFREG => {
-                if st.st_nlink > 1 {
-                    let key = (st.st_dev, st.st_ino);
-                    if let Some(first) = self.links.get(&key) {
-                        linkat(
-                            self.dest_root,
-                            first.as_path(),
-                            to,
-                            name.as_os_str(),
-                            AtFlags::empty(),
-                        )?;
-                        return Ok(());
-                    }
-                    self.links.insert(key, path.to_path_buf());
-                }
                 let src = File::from(openat(
                     from,
                     name.as_os_str(),

@@ -212,7 +212,7 @@ impl<'a> Applier<'a> {
             EntryType::Directory => self.make_dir(parent, name, path, meta)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.replace(parent, name)?;
-                self.write_file(parent, name, entry, &meta)?;
+                self.write_file(parent, path, entry, &meta)?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -245,10 +245,13 @@ impl<'a> Applier<'a> {
     fn write_file<R: Read>(
         &mut self,
         parent: BorrowedFd,
-        name: &OsStr,
+        path: &Path,
         entry: &mut tar::Entry<'_, R>,
         meta: &Meta,
     ) -> Result<()> {
+        let name = path
+            .file_name()
+            .expect("entries below the root have a name");
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mut file = File::from(openat(
@@ -279,7 +282,7 @@ impl<'a> Applier<'a> {
         }
         // After chown, which clears setuid and file capabilities.
         fchmod(&file, Mode::from_bits_truncate(meta.mode & 0o7777))?;
-        self.set_xattrs(file.as_fd(), name, meta, placement.record)?;
+        self.set_xattrs(file.as_fd(), path, meta, placement.record)?;
         futimens(&file, &meta.mtime, &meta.mtime)?;
         Ok(())
     }
@@ -307,7 +310,7 @@ impl<'a> Applier<'a> {
         if placement.record.is_none() {
             remove_xattr(dir.as_fd(), owner::XATTR)?;
         }
-        self.set_xattrs(dir.as_fd(), name, &meta, placement.record)?;
+        self.set_xattrs(dir.as_fd(), path, &meta, placement.record)?;
         self.dirs.insert(
             path.to_path_buf(),
             DirMeta {
@@ -376,7 +379,7 @@ impl<'a> Applier<'a> {
     fn set_xattrs(
         &mut self,
         fd: BorrowedFd,
-        name: &OsStr,
+        path: &Path,
         meta: &Meta,
         owner_record: Option<Vec<u8>>,
     ) -> Result<()> {
@@ -389,7 +392,7 @@ impl<'a> Applier<'a> {
             };
             if let Err(err) = result {
                 let reason = format!("xattr {} not set: {err}", String::from_utf8_lossy(key));
-                self.skip(Path::new(name), reason);
+                self.skip(path, reason);
             }
         }
         if let Some(record) = owner_record {
