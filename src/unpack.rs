@@ -14,7 +14,7 @@ use crate::image::{self, Image, ImageRef, Layer, Platform};
 use crate::plan::plan;
 use crate::protocol::{Applied, Skipped};
 use crate::sandbox::Helper;
-use crate::store::{SnapshotInfo, Store, now};
+use crate::store::{SnapshotInfo, Store, after_cleanup, now};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -78,12 +78,7 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
     };
     let layers = match layers {
         Ok(layers) => layers,
-        Err(err) => {
-            if let Err(cleanup) = staging.discard(&helper) {
-                return Err(err.context(format!("(and cleaning up failed: {cleanup:#})")));
-            }
-            return Err(err);
-        }
+        Err(err) => return Err(after_cleanup(err, staging.discard(&helper))),
     };
     staging.publish()?;
     Ok(Report {
@@ -150,10 +145,7 @@ fn unpack_with_store(
             .with_context(|| describe(image, index))?;
         let applied = match extract(helper, image, index, &active.fs()) {
             Ok(applied) => applied,
-            Err(err) => {
-                store.remove(active)?;
-                return Err(err);
-            }
+            Err(err) => return Err(after_cleanup(err, store.remove(active))),
         };
         let info = SnapshotInfo {
             chain_id: chain_id.clone(),

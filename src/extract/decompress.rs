@@ -78,9 +78,27 @@ impl<R: Read> Read for Labeled<R> {
             } else {
                 "corrupt"
             };
-            io::Error::new(e.kind(), format!("{} stream is {what}: {e}", self.label))
+            let message = format!("{} stream is {what}: {e}", self.label);
+            io::Error::new(e.kind(), StreamError(message))
         })
     }
+}
+
+/// A decoder's complaint about the compressed stream, told apart from tar's complaints about
+/// the decompressed one.
+#[derive(Debug)]
+struct StreamError(String);
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+pub fn is_stream_error(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|inner| inner.is::<StreamError>())
 }
 
 #[cfg(test)]

@@ -69,10 +69,7 @@ fn extract(
     let mut applier = apply::Applier::new(root, mapped_ids);
     let mut entries = 0u64;
     for entry in archive.entries().context("reading the layer")? {
-        let mut entry = entry.with_context(|| match entries {
-            0 => "not a valid tar stream".to_string(),
-            n => format!("reading the tar header after entry {n}"),
-        })?;
+        let mut entry = entry.map_err(|err| header_error(err, entries))?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         applier
             .apply(&mut entry)
@@ -82,6 +79,18 @@ fn extract(
     let skipped = applier.finish()?;
     io::copy(archive.into_inner(), &mut io::sink()).context("reading past the tar end")?;
     Ok((entries, skipped))
+}
+
+/// A failure to read the next tar header: the decoder's own words when the compressed stream is
+/// at fault, else what tar says, placed in the stream.
+fn header_error(err: io::Error, entries: u64) -> anyhow::Error {
+    if decompress::is_stream_error(&err) {
+        return err.into();
+    }
+    match entries {
+        0 => anyhow::Error::from(err).context("not a valid tar stream"),
+        n => anyhow::Error::from(err).context(format!("reading the tar header after entry {n}")),
+    }
 }
 
 /// The inflater thread: decompresses and hashes everything, passing chunks on. A decoder error

@@ -68,10 +68,16 @@ impl Helper {
         self.run(root, Op::Clear, None).map(drop)
     }
 
-    /// Empties and removes `dir`; a missing `dir` is fine.
+    /// Empties and removes `dir`; a missing `dir` is fine. An empty one needs no helper (so
+    /// cleaning up still works when the helper cannot start).
     pub fn remove_dir(&self, dir: &Path) -> Result<()> {
-        if dir.symlink_metadata().is_err() {
-            return Ok(());
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() != Some(libc::ENOTEMPTY) => {
+                return Err(e).with_context(|| format!("removing {}", dir.display()));
+            }
+            Err(_) => {}
         }
         self.clear(dir)?;
         std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))

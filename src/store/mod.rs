@@ -122,8 +122,8 @@ impl Store {
                 .committed(parent)
                 .with_context(|| format!("parent snapshot {parent} is not committed"))?;
             if let Err(err) = self.helper.copy(&source, &fs_dir) {
-                self.remove(active)?;
-                return Err(err.context(format!("copying snapshot {parent}")));
+                let err = err.context(format!("copying snapshot {parent}"));
+                return Err(after_cleanup(err, self.remove(active)));
             }
         }
         Ok(active)
@@ -145,8 +145,11 @@ impl Store {
 
     /// Discards an active snapshot.
     pub fn remove(&self, active: Active) -> Result<()> {
+        // The tree first: when it is still empty, no helper is needed at all.
+        let fs_dir = active.fs();
         self.helper
-            .remove_dir(&active.dir)
+            .remove_dir(&fs_dir)
+            .and_then(|()| self.helper.remove_dir(&active.dir))
             .with_context(|| format!("removing active snapshot {}", active.dir.display()))
     }
 }
@@ -171,4 +174,13 @@ pub fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// `err`, with a note when cleaning up after it failed too: the first failure is what the user
+/// needs to read first.
+pub(crate) fn after_cleanup(err: anyhow::Error, cleanup: Result<()>) -> anyhow::Error {
+    match cleanup {
+        Ok(()) => err,
+        Err(cleanup) => anyhow::anyhow!("{err:#} (cleaning up afterwards failed too: {cleanup:#})"),
+    }
 }
