@@ -2,7 +2,8 @@
 //! user and mount namespaces, pivot into the target, then lockdown. Each step is one function
 //! that checks every syscall on the spot.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::os::fd::BorrowedFd;
 use std::path::Path;
 
@@ -12,11 +13,14 @@ use landlock::{
     ABI, Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, Scope,
 };
+use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
-use nix::unistd::{Pid, chdir, getgid, getppid, getuid, pivot_root};
+use nix::unistd::{Pid, chdir, getgid, getppid, getuid, pivot_root, setgroups};
+use strata::protocol::{MAPS_READY, MAPS_WANTED};
+use strata::sandbox::IdMap;
 
 /// The newest Landlock ABI this code was tested against; older kernels get what they support.
 const LANDLOCK_ABI: ABI = ABI::V6;
@@ -36,44 +40,67 @@ const USERNS_HINT: &str = "user namespaces are unavailable; allow unprivileged o
      `sysctl -w user.max_user_namespaces=15000` (and `kernel.unprivileged_userns_clone=1` on \
      older Debian, `kernel.apparmor_restrict_unprivileged_userns=0` on Ubuntu 23.10 and later)";
 
-/// Closes every fd from 3 up except `keep` (the result pipe): nothing the parent leaked may
-/// reach the sandbox.
-pub fn close_stray_fds(keep: i32) -> Result<()> {
-    let ranges = [(3, keep - 1), (keep + 1, i32::MAX)];
-    for (first, last) in ranges.into_iter().filter(|(a, b)| a <= b) {
-        // SAFETY: close_range only closes descriptors; none of them is in use by this thread.
-        let rc = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("close_range");
-        }
+/// Closes every fd from `first` up: nothing the parent leaked may reach the sandbox.
+pub fn close_fds_from(first: i32) -> Result<()> {
+    // SAFETY: close_range only closes descriptors, none of which this process still uses.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("close_range");
     }
     Ok(())
 }
 
-/// Enters new user, mount, network and IPC namespaces in which the calling user is root and
-/// nobody else exists (the single-id map). Returns how many ids are mapped from 0.
-pub fn enter_user_namespace() -> Result<u64> {
+/// Enters new user, mount, network and IPC namespaces in which the calling user is root:
+/// alone (the single map, written here), or with its subordinate ids, which only the parent can
+/// map (it runs `newuidmap`; `results` and `control` carry the handshake).
+pub fn enter_user_namespace(idmap: &IdMap, results: &mut File, control: File) -> Result<()> {
     let (uid, gid) = (getuid(), getgid());
     let flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWIPC;
     unshare(flags).with_context(|| format!("unshare: {USERNS_HINT}"))?;
-    // setgroups must be denied before an unprivileged process may write gid_map (CVE-2014-8989).
-    let maps = [
-        ("/proc/self/setgroups", "deny".to_string()),
-        ("/proc/self/uid_map", format!("0 {uid} 1")),
-        ("/proc/self/gid_map", format!("0 {gid} 1")),
-    ];
-    for (file, content) in maps {
-        // EPERM here is how AppArmor's userns restriction shows itself.
-        fs::write(file, content).with_context(|| format!("writing {file}: {USERNS_HINT}"))?;
+    match idmap {
+        IdMap::Single => {
+            // setgroups must be denied before an unprivileged process may write gid_map
+            // (CVE-2014-8989).
+            let maps = [
+                ("/proc/self/setgroups", "deny".to_string()),
+                ("/proc/self/uid_map", format!("0 {uid} 1")),
+                ("/proc/self/gid_map", format!("0 {gid} 1")),
+            ];
+            for (file, content) in maps {
+                // EPERM here is how AppArmor's userns restriction shows itself.
+                fs::write(file, content)
+                    .with_context(|| format!("writing {file}: {USERNS_HINT}"))?;
+            }
+        }
+        IdMap::Subordinate { .. } => {
+            wait_for_maps(results, control)?;
+            // The user's supplementary groups mean nothing inside; newgidmap left setgroups
+            // allowed for a range map, so drop them.
+            match setgroups(&[]) {
+                Ok(()) | Err(Errno::EPERM) => {}
+                Err(e) => return Err(e).context("dropping supplementary groups"),
+            }
+        }
     }
     // No nested user namespaces: a compromised helper could otherwise regain a full capability
     // set in a fresh one. The limit is per namespace; the host's value is untouched.
     fs::write("/proc/sys/user/max_user_namespaces", "0")
         .context("forbidding nested user namespaces")?;
-    Ok(1)
+    Ok(())
+}
+
+fn wait_for_maps(results: &mut File, mut control: File) -> Result<()> {
+    results
+        .write_all(&MAPS_WANTED)
+        .context("asking strata for the id maps")?;
+    let mut answer = [0u8];
+    match control.read_exact(&mut answer) {
+        Ok(()) if answer == MAPS_READY => Ok(()),
+        _ => bail!("strata could not map the subordinate ids"),
+    }
 }
 
 /// Makes `root` the whole visible filesystem: nothing of the host stays mounted, and no mount

@@ -15,23 +15,17 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use nix::unistd::getppid;
-use strata::protocol::{Op, RESULT_FD, Reply, Request};
+use strata::protocol::{CONTROL_FD, Op, RESULT_FD, Reply, Request};
 use strata::{extract, tree};
 
 fn main() -> ExitCode {
-    // SAFETY: fstat only inspects the descriptor; from_raw_fd takes ownership of fd 3, which
-    // nothing else in this process uses.
-    let mut results = unsafe {
-        let mut st = std::mem::zeroed();
-        if libc::fstat(RESULT_FD, &mut st) != 0 {
-            eprintln!(
-                "strata-helper: no result pipe on fd {RESULT_FD}; this program is run by strata"
-            );
-            return ExitCode::from(2);
-        }
-        File::from_raw_fd(RESULT_FD)
+    let (Some(mut results), Some(control)) = (adopt_fd(RESULT_FD), adopt_fd(CONTROL_FD)) else {
+        eprintln!(
+            "strata-helper: no pipes on fds {RESULT_FD} and {CONTROL_FD}; this program is run by strata"
+        );
+        return ExitCode::from(2);
     };
-    let reply = run().unwrap_or_else(|err| Reply::Error {
+    let reply = run(&mut results, control).unwrap_or_else(|err| Reply::Error {
         error: format!("{err:#}"),
     });
     let failed = matches!(reply, Reply::Error { .. });
@@ -43,13 +37,20 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run() -> Result<Reply> {
+/// Takes ownership of an fd the parent installed, if it is open.
+fn adopt_fd(fd: i32) -> Option<File> {
+    // SAFETY: fcntl only inspects the descriptor; from_raw_fd takes ownership of an open fd
+    // that nothing else in this process uses.
+    unsafe { (libc::fcntl(fd, libc::F_GETFD) >= 0).then(|| File::from_raw_fd(fd)) }
+}
+
+fn run(results: &mut File, control: File) -> Result<Reply> {
     let parent = getppid();
     let request = std::env::args().nth(1).context("no request argument")?;
     let request: Request = serde_json::from_str(&request).context("reading the request")?;
     // SAFETY: umask only changes this process's file creation mask; modes are set explicitly.
     unsafe { libc::umask(0) };
-    confine::close_stray_fds(RESULT_FD)?;
+    confine::close_fds_from(CONTROL_FD + 1)?;
     // The source of a copy is opened before the pivot hides it; Landlock lets it be read only.
     let source = match &request.op {
         Op::Copy { source } => {
@@ -57,7 +58,7 @@ fn run() -> Result<Reply> {
         }
         _ => None,
     };
-    let mapped_ids = confine::enter_user_namespace()?;
+    confine::enter_user_namespace(&request.idmap, results, control)?;
     confine::pivot_into(&request.root)?;
     confine::lock_down(source.as_ref().map(|fd| fd.as_fd()), parent)?;
     let root = tree::open_dir(Path::new("/")).context("opening the new root")?;
@@ -67,7 +68,8 @@ fn run() -> Result<Reply> {
             // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads stdin.
             let stdin = unsafe { File::from_raw_fd(0) };
             let input = BufReader::with_capacity(256 * 1024, stdin);
-            let applied = extract::apply_layer(input, compression, root.as_fd(), mapped_ids)?;
+            let applied =
+                extract::apply_layer(input, compression, root.as_fd(), request.idmap.mapped_ids())?;
             Ok(Reply::Applied(applied))
         }
         Op::Copy { .. } => {

@@ -7,22 +7,26 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 
 use crate::sandbox::Helper;
 
 pub struct Staging {
     dest: PathBuf,
     dir: PathBuf,
+    /// `.NAME.strata-`: what staging directories for this DEST are called.
+    prefix: String,
     /// DEST was an empty directory, which the rename replaces.
     replaces_empty_dir: bool,
 }
 
 impl Staging {
-    /// Checks that DEST is absent or an empty directory, removes what killed runs left beside
-    /// it, and creates the staging directory, mode 0700 (no other user may reach setuid files
-    /// inside, as with umoci's bundles).
-    pub fn create(dest: &Path, helper: &Helper) -> Result<Staging> {
+    /// Checks that DEST is absent or an empty directory, and creates the staging directory,
+    /// mode 0700 (no other user may reach setuid files inside, as with umoci's bundles).
+    pub fn create(dest: &Path) -> Result<Staging> {
         let replaces_empty_dir = match fs::symlink_metadata(dest) {
             Ok(meta) if meta.is_dir() => {
                 let mut entries =
@@ -52,7 +56,6 @@ impl Staging {
             _ => Path::new("."),
         };
         let prefix = format!(".{}.strata-", name.to_string_lossy());
-        remove_dead_runs_debris(parent, &prefix, helper)?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -65,8 +68,35 @@ impl Staging {
         Ok(Staging {
             dest: dest.to_path_buf(),
             dir,
+            prefix,
             replaces_empty_dir,
         })
+    }
+
+    /// Removes staging directories that killed runs left beside DEST: `PREFIX<pid>-<nanos>`
+    /// whose process is gone.
+    pub fn remove_dead_runs_debris(&self, helper: &Helper) -> Result<()> {
+        let parent = self.dir.parent().expect("the staging dir has a parent");
+        let Ok(entries) = fs::read_dir(parent) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&self.prefix)) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let gone = kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH);
+            if gone {
+                let path = entry.path();
+                helper
+                    .remove_dir(&path)
+                    .with_context(|| format!("removing {} left by a killed run", path.display()))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -89,29 +119,4 @@ impl Staging {
     pub fn discard(self, helper: &Helper) -> Result<()> {
         helper.remove_dir(&self.dir)
     }
-}
-
-/// Staging directories `PREFIX<pid>-<nanos>` whose process is gone are debris of a killed run.
-fn remove_dead_runs_debris(parent: &Path, prefix: &str, helper: &Helper) -> Result<()> {
-    let Ok(entries) = fs::read_dir(parent) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            != Err(nix::errno::Errno::ESRCH);
-        if !alive {
-            let path = entry.path();
-            helper
-                .remove_dir(&path)
-                .with_context(|| format!("removing {} left by a killed run", path.display()))?;
-        }
-    }
-    Ok(())
 }

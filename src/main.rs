@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use strata::sandbox::IdMapMode;
 use strata::{Options, Progress};
 
 #[derive(Parser)]
@@ -42,10 +43,28 @@ struct UnpackArgs {
     /// Platform to pick from a multi-platform image, as os/arch[/variant].
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
+    /// Ids to map: the user's subordinate range when it works (auto), or the user alone.
+    #[arg(long, value_enum, default_value_t = IdMapArg::Auto)]
+    idmap: IdMapArg,
     /// OCI image layout: PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG].
     image: String,
     /// Root filesystem to create: must not exist, or be an empty directory.
     dest: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IdMapArg {
+    Auto,
+    Single,
+}
+
+impl From<IdMapArg> for IdMapMode {
+    fn from(arg: IdMapArg) -> IdMapMode {
+        match arg {
+            IdMapArg::Auto => IdMapMode::Auto,
+            IdMapArg::Single => IdMapMode::Single,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -75,12 +94,13 @@ fn unpack(args: UnpackArgs) -> Result<()> {
         dest: args.dest,
         store,
         platform: args.platform,
+        idmap: args.idmap.into(),
     };
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
-    let report = strata::unpack(&options, &mut |event| {
-        if show_progress {
-            print_progress(&event);
-        }
+    let report = strata::unpack(&options, &mut |event| match event {
+        Progress::Warning(warning) if !args.quiet => eprintln!("strata: warning: {warning}"),
+        event if show_progress => print_progress(&event),
+        _ => {}
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -113,6 +133,7 @@ fn print_progress(event: &Progress) {
             );
         }
         Progress::Copying => eprintln!("strata: copying the root filesystem"),
+        Progress::Warning(_) => {}
     }
 }
 

@@ -3,21 +3,30 @@
 //! The parent starts the helper with one argument, a JSON [`Request`]. For [`Op::Apply`] the
 //! compressed layer arrives on stdin. The helper answers with exactly one JSON [`Reply`] line on
 //! the result pipe, which it finds as fd [`RESULT_FD`], and exits 0 only when the reply is not an
-//! error.
+//! error. With subordinate ids, a one-byte handshake comes first (see [`MAPS_WANTED`]).
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::sandbox::IdMap;
 
 /// The fd on which the helper writes its one-line reply.
 pub const RESULT_FD: i32 = 3;
+/// The fd on which the helper reads the parent's word that its id maps are written.
+pub const CONTROL_FD: i32 = 4;
+/// With subordinate ids, the helper writes this byte on [`RESULT_FD`] once it has unshared
+/// (before its reply), and waits for [`MAPS_READY`] on [`CONTROL_FD`]: only a process outside
+/// the namespace can run `newuidmap` for it.
+pub const MAPS_WANTED: [u8; 1] = *b"M";
+pub const MAPS_READY: [u8; 1] = *b"R";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Request {
     /// The directory the helper pivots into: the only tree it may write.
     pub root: PathBuf,
+    pub idmap: IdMap,
     pub op: Op,
 }
 

@@ -13,7 +13,7 @@ use crate::digest::{Digest, VerifiedReader};
 use crate::image::{self, Image, ImageRef, Layer, Platform};
 use crate::plan::plan;
 use crate::protocol::{Applied, Skipped};
-use crate::sandbox::Helper;
+use crate::sandbox::{Helper, IdMap, IdMapMode};
 use crate::store::{SnapshotInfo, Store, after_cleanup, now};
 
 #[derive(Clone, Debug)]
@@ -25,6 +25,7 @@ pub struct Options {
     pub store: Option<PathBuf>,
     /// `os/arch[/variant]`; the host's platform when `None`.
     pub platform: Option<String>,
+    pub idmap: IdMapMode,
 }
 
 /// What `strata unpack --json` prints.
@@ -60,6 +61,8 @@ pub enum Progress<'a> {
         layer: &'a Layer,
     },
     Copying,
+    /// Something the user should know that does not stop the unpack.
+    Warning(String),
 }
 
 pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
@@ -69,13 +72,28 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
         None => Platform::host(),
     };
     let image = image::resolve(&reference, &platform)?;
-    let helper = Helper::locate()?;
-    let staging = Staging::create(&options.dest, &helper)?;
-    let layers = match &options.store {
-        Some(store) => Store::open(store, helper.clone())
-            .and_then(|store| unpack_with_store(&store, &helper, &image, &staging, progress)),
-        None => unpack_directly(&helper, &image, &staging, progress),
-    };
+    let staging = Staging::create(&options.dest)?;
+    // Until a helper is chosen, the staging directory is empty and needs none to go.
+    let mut helper = Helper::locate(IdMap::Single)?;
+    let layers = (|| {
+        let recorded = match &options.store {
+            Some(store) => Store::recorded_idmap(store)?,
+            None => None,
+        };
+        let (chosen, warning) = Helper::choose(options.idmap, recorded, staging.path())?;
+        helper = chosen;
+        if let Some(warning) = warning {
+            progress(Progress::Warning(warning));
+        }
+        staging.remove_dead_runs_debris(&helper)?;
+        match &options.store {
+            Some(store) => {
+                let store = Store::open(store, helper.clone())?;
+                unpack_with_store(&store, &helper, &image, &staging, progress)
+            }
+            None => unpack_directly(&helper, &image, &staging, progress),
+        }
+    })();
     let layers = match layers {
         Ok(layers) => layers,
         Err(err) => return Err(after_cleanup(err, staging.discard(&helper))),

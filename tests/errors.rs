@@ -646,7 +646,14 @@ fn tar_header_claiming_10_gib_fails_quickly_without_allocating_it() {
     command.args(["-c", "ulimit -v 4194304 && exec \"$0\" \"$@\""]);
     command.arg(strata_bin());
     command.args(args![
-        "unpack", "--store", store, "--json", image.path, dest
+        "unpack",
+        "--idmap",
+        env.idmap().arg(),
+        "--store",
+        store,
+        "--json",
+        image.path,
+        dest
     ]);
     let started = Instant::now();
     let out = run(&mut command);

@@ -1,5 +1,9 @@
-//! The parent's side of the helper: find it, start it with a request, feed it a layer, and turn
-//! its one-line reply (or its death) into a result.
+//! The parent's side of the helper: find it, start it with a request, install its id maps,
+//! feed it a layer, and turn its one-line reply (or its death) into a result.
+
+mod idmap;
+
+pub use idmap::{IdMap, IdMapMode, IdRange, subordinate};
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -10,16 +14,20 @@ use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::protocol::{Applied, Compression, Op, RESULT_FD, Reply, Request};
+use crate::protocol::{
+    Applied, CONTROL_FD, Compression, MAPS_READY, MAPS_WANTED, Op, RESULT_FD, Reply, Request,
+};
 
 /// The `strata-helper` program: `$STRATA_HELPER`, else the file beside the running binary.
 #[derive(Clone, Debug)]
 pub struct Helper {
     program: PathBuf,
+    idmap: IdMap,
 }
 
 impl Helper {
-    pub fn locate() -> Result<Helper> {
+    /// The helper program, its jobs to run with `idmap`.
+    pub fn locate(idmap: IdMap) -> Result<Helper> {
         let program = match std::env::var_os("STRATA_HELPER") {
             Some(path) => PathBuf::from(path),
             None => std::env::current_exe()
@@ -32,7 +40,54 @@ impl Helper {
                 program.display()
             );
         }
-        Ok(Helper { program })
+        Ok(Helper { program, idmap })
+    }
+
+    pub fn idmap(&self) -> IdMap {
+        self.idmap
+    }
+
+    /// The same program with another id map.
+    pub fn with_idmap(&self, idmap: IdMap) -> Helper {
+        Helper {
+            program: self.program.clone(),
+            idmap,
+        }
+    }
+
+    /// The helper for a run asked to use `mode`, on a store whose snapshots were made with
+    /// `recorded` (a store never mixes two mappings). In auto mode without a recorded mapping,
+    /// subordinate ids are tried on `probe_dir` (an empty directory); if they are missing or do
+    /// not work, the single map is used and the reason comes back as a warning.
+    pub fn choose(
+        mode: IdMapMode,
+        recorded: Option<IdMap>,
+        probe_dir: &Path,
+    ) -> Result<(Helper, Option<String>)> {
+        let single = Helper::locate(IdMap::Single)?;
+        match (mode, recorded) {
+            (IdMapMode::Single, Some(map @ IdMap::Subordinate { .. })) => bail!(
+                "the store's snapshots were made with the {map} map; --idmap single would mix \
+                 two mappings in one store (use another --store)"
+            ),
+            (IdMapMode::Single, _) => Ok((single, None)),
+            (IdMapMode::Auto, Some(map)) => Ok((single.with_idmap(map), None)),
+            (IdMapMode::Auto, None) => match subordinate() {
+                Err(why) => Ok((single, Some(format!("using the single-id map: {why}")))),
+                Ok(map) => {
+                    let candidate = single.with_idmap(map);
+                    match candidate.clear(probe_dir) {
+                        Ok(()) => Ok((candidate, None)),
+                        Err(err) => {
+                            let why = format!(
+                                "subordinate ids do not work ({err:#}); using the single-id map"
+                            );
+                            Ok((single, Some(why)))
+                        }
+                    }
+                }
+            },
+        }
     }
 
     /// Applies the layer read from `blob` to `root`. An error reading `blob` (a digest or size
@@ -86,10 +141,12 @@ impl Helper {
     fn run(&self, root: &Path, op: Op, input: Option<&mut dyn Read>) -> Result<Reply> {
         let request = Request {
             root: root.to_path_buf(),
+            idmap: self.idmap,
             op,
         };
         let (mut results, results_writer) = io::pipe().context("creating the result pipe")?;
-        let writer_fd = results_writer.as_raw_fd();
+        let (control_reader, mut control) = io::pipe().context("creating the control pipe")?;
+        let fds = [results_writer.as_raw_fd(), control_reader.as_raw_fd()];
         let mut command = Command::new(&self.program);
         command
             .arg(serde_json::to_string(&request)?)
@@ -102,32 +159,32 @@ impl Helper {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         // SAFETY: the hook makes only async-signal-safe syscalls (fcntl, dup2, prctl).
-        unsafe {
-            command.pre_exec(move || {
-                if writer_fd == RESULT_FD {
-                    if libc::fcntl(RESULT_FD, libc::F_SETFD, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(writer_fd, RESULT_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The helper dies with strata: a killed run leaves no process writing its store.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        unsafe { command.pre_exec(move || install_fds(fds)) };
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", self.program.display()))?;
-        drop(results_writer);
+        drop((results_writer, control_reader));
         let stderr = child.stderr.take().expect("stderr is piped");
         let stderr_reader = thread::spawn(move || {
             let mut text = String::new();
             let _ = stderr.take(64 * 1024).read_to_string(&mut text);
             text
         });
+
+        // A helper that wants subordinate ids has unshared and waits for us to map them.
+        let mut map_error = None;
+        if let IdMap::Subordinate { uids, gids } = self.idmap {
+            let mut byte = [0u8];
+            if results.read_exact(&mut byte).is_ok() && byte == MAPS_WANTED {
+                match write_id_maps(child.id(), uids, gids) {
+                    Ok(()) => control
+                        .write_all(&MAPS_READY)
+                        .context("releasing the helper")?,
+                    Err(err) => map_error = Some(err),
+                }
+            }
+        }
+        drop(control);
 
         let feed_error = match (input, child.stdin.take()) {
             (Some(input), Some(mut stdin)) => feed(input, &mut stdin).err(),
@@ -138,7 +195,7 @@ impl Helper {
         let status = child.wait().context("waiting for the helper")?;
         let stderr = stderr_reader.join().unwrap_or_default();
 
-        if let Some(err) = feed_error {
+        if let Some(err) = map_error.or(feed_error) {
             return Err(err);
         }
         read.context("reading the helper's reply")?;
@@ -148,6 +205,63 @@ impl Helper {
             _ => Err(anyhow!(died(status, &stderr))),
         }
     }
+}
+
+/// In the child between fork and exec: the result pipe becomes fd 3 and the control pipe fd 4
+/// (first moved out of the way, as either may already sit on the other's number), and the
+/// helper is set to die with strata, so a killed run leaves no process writing its store.
+fn install_fds(fds: [i32; 2]) -> io::Result<()> {
+    let check = |rc: i32| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    // SAFETY: plain syscalls on descriptors this child owns.
+    unsafe {
+        let high = [
+            check(libc::fcntl(fds[0], libc::F_DUPFD_CLOEXEC, 10))?,
+            check(libc::fcntl(fds[1], libc::F_DUPFD_CLOEXEC, 10))?,
+        ];
+        // dup2 clears close-on-exec on the new descriptor.
+        check(libc::dup2(high[0], RESULT_FD))?;
+        check(libc::dup2(high[1], CONTROL_FD))?;
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+    }
+    Ok(())
+}
+
+/// Runs `newuidmap` and `newgidmap` for the helper `pid`: container 0 is the user, 1..=N the
+/// subordinate range. Their exit status is checked (youki's is not).
+fn write_id_maps(pid: u32, uids: IdRange, gids: IdRange) -> Result<()> {
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    for (tool, own, range) in [("newuidmap", uid, uids), ("newgidmap", gid, gids)] {
+        let args = [pid, 0, own, 1, 1, range.start, range.count].map(|n| n.to_string());
+        let output = Command::new(tool)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {tool}"))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let why = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no output");
+            bail!(
+                "{tool} {} failed ({}): {}",
+                args.join(" "),
+                output.status,
+                why.trim()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Streams `input` to the helper. The helper quitting early (a broken pipe) is not an error

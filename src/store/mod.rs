@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! STORE/lock                      held exclusively by the running strata
+//! STORE/store.json                the id map all snapshots were made with
 //! STORE/snapshots/<chain hex>/    committed: fs/ (the tree) and info.json
 //! STORE/tmp/extract-<unique>/     active snapshots; whatever is here at start is crash debris
 //! ```
@@ -14,11 +15,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::sandbox::Helper;
+use crate::sandbox::{Helper, IdMap};
+
+/// `STORE/store.json`: what holds for every snapshot in the store.
+const CONFIG: &str = "store.json";
+
+#[derive(Serialize, Deserialize)]
+struct StoreConfig {
+    /// The id map every snapshot was made with.
+    idmap: IdMap,
+}
 
 /// What the store keeps about a committed snapshot, beside its tree.
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,8 +88,45 @@ impl Store {
             helper,
             _lock: lock,
         };
+        store.check_idmap()?;
         store.remove_debris()?;
         Ok(store)
+    }
+
+    /// The id map the store's snapshots were made with, if it has any.
+    pub fn recorded_idmap(root: &Path) -> Result<Option<IdMap>> {
+        let file = root.join(CONFIG);
+        match fs::read(&file) {
+            Ok(bytes) => {
+                let config: StoreConfig = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                Ok(Some(config.idmap))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+        }
+    }
+
+    /// Records the helper's id map in a new store, or checks it against the recorded one:
+    /// snapshots made under two mappings never meet in one store.
+    fn check_idmap(&self) -> Result<()> {
+        let wanted = self.helper.idmap();
+        match Store::recorded_idmap(&self.root)? {
+            Some(recorded) if recorded == wanted => Ok(()),
+            Some(recorded) => bail!(
+                "store {} holds snapshots made with the {recorded} map, not {wanted}; use \
+                 another --store for this mapping",
+                self.root.display()
+            ),
+            None => {
+                let config = serde_json::to_vec_pretty(&StoreConfig { idmap: wanted })?;
+                let file = self.root.join(CONFIG);
+                let temporary = self.tmp().join(CONFIG);
+                fs::write(&temporary, config)
+                    .and_then(|()| fs::rename(&temporary, &file))
+                    .with_context(|| format!("writing {}", file.display()))
+            }
+        }
     }
 
     fn tmp(&self) -> PathBuf {
@@ -92,9 +139,14 @@ impl Store {
 
     fn remove_debris(&self) -> Result<()> {
         for entry in fs::read_dir(self.tmp()).context("listing the store's tmp directory")? {
-            let path = entry?.path();
-            self.helper
-                .remove_dir(&path)
+            let entry = entry?;
+            let path = entry.path();
+            let removed = if entry.file_type()?.is_dir() {
+                self.helper.remove_dir(&path)
+            } else {
+                fs::remove_file(&path).map_err(Into::into)
+            };
+            removed
                 .with_context(|| format!("removing debris {} of an earlier run", path.display()))?;
         }
         Ok(())

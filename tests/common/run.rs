@@ -3,7 +3,7 @@
 //! When the tests run as root (CI does), the CLI runs as [`TEST_UID`]:[`TEST_GID`], an id with no
 //! passwd entry and no subordinate range; otherwise as the current user.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
@@ -103,6 +103,25 @@ pub struct TestEnv {
     dir: PathBuf,
     uid: u32,
     gid: u32,
+    idmap: IdMap,
+}
+
+/// The `--idmap` a TestEnv's unpacks use unless the test gives one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdMap {
+    /// The default: expectations then do not depend on whether this machine gives the test
+    /// user a subordinate range.
+    Single,
+    Auto,
+}
+
+impl IdMap {
+    pub fn arg(self) -> &'static str {
+        match self {
+            IdMap::Single => "single",
+            IdMap::Auto => "auto",
+        }
+    }
 }
 
 impl Default for TestEnv {
@@ -119,7 +138,12 @@ impl TestEnv {
             .tempdir_in(scratch_base())
             .unwrap()
             .keep();
-        let env = TestEnv { dir, uid, gid };
+        let env = TestEnv {
+            dir,
+            uid,
+            gid,
+            idmap: IdMap::Single,
+        };
         env.own(&env.dir);
         env
     }
@@ -207,7 +231,22 @@ impl TestEnv {
         command
     }
 
+    /// A TestEnv whose unpacks use `idmap`.
+    pub fn with_idmap(mut self, idmap: IdMap) -> TestEnv {
+        self.idmap = idmap;
+        self
+    }
+
+    pub fn idmap(&self) -> IdMap {
+        self.idmap
+    }
+
+    /// `strata ARGS`; an `unpack` without `--idmap` gets the env's.
     pub fn strata_command(&self, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Command {
+        let mut args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        if args.first().is_some_and(|a| a == "unpack") && !args.iter().any(|a| a == "--idmap") {
+            args.splice(1..1, ["--idmap".into(), self.idmap.arg().into()]);
+        }
         let mut command = self.command(strata_bin());
         command.args(args);
         command
