@@ -17,5 +17,6 @@ pub mod sandbox;
 pub mod store;
 pub mod tree;
 mod unpack;
+pub mod upkeep;
 
 pub use unpack::{LayerReport, Options, Progress, Report, unpack};

@@ -1,13 +1,14 @@
 //! The `strata` command line: parse, call the library, print, exit.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use strata::sandbox::IdMapMode;
-use strata::{Options, Progress};
+use strata::{Options, Progress, upkeep};
 
 #[derive(Parser)]
 #[command(
@@ -24,20 +25,55 @@ struct Cli {
 enum Command {
     /// Unpack IMAGE into the root filesystem DEST.
     Unpack(UnpackArgs),
+    /// List the store's snapshots: chain ID, size, last use, the images that need them.
+    Ls {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Print one JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget an image (PATH[:TAG] as unpacked, or its manifest digest); `gc` then frees
+    /// the snapshots nothing else needs.
+    Rm {
+        #[command(flatten)]
+        store: StoreArg,
+        image: String,
+    },
+    /// Remove snapshots no recorded image needs, and the debris of killed runs.
+    Gc {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Remove a directory tree strata made (subordinate-owned and mode-000 files included).
+    Rmtree {
+        #[arg(long, value_enum, default_value_t = IdMapArg::Auto)]
+        idmap: IdMapArg,
+        /// No warnings on stderr.
+        #[arg(long)]
+        quiet: bool,
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct StoreArg {
+    /// Snapshot store [default: $STRATA_STORE, $XDG_DATA_HOME/strata or ~/.local/share/strata].
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct UnpackArgs {
-    /// Snapshot store [default: $STRATA_STORE, $XDG_DATA_HOME/strata or ~/.local/share/strata].
-    #[arg(long, value_name = "DIR", conflicts_with = "no_store")]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArg,
     /// Apply every layer straight into DEST, without caching snapshots.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     no_store: bool,
     /// Print one JSON report on stdout.
     #[arg(long)]
     json: bool,
-    /// No progress on stderr.
+    /// No progress or warnings on stderr.
     #[arg(long)]
     quiet: bool,
     /// Platform to pick from a multi-platform image, as os/arch[/variant].
@@ -68,11 +104,7 @@ impl From<IdMapArg> for IdMapMode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Unpack(args) => unpack(args),
-    };
-    match result {
+    match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, the whole chain: "layer 2/3 (sha256:…): blob sha256:… has 10 bytes…".
@@ -83,11 +115,21 @@ fn main() -> ExitCode {
     }
 }
 
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Unpack(args) => unpack(args),
+        Command::Ls { store, json } => ls(&store.resolve()?, json),
+        Command::Rm { store, image } => rm(&store.resolve()?, &image),
+        Command::Gc { store } => gc(&store.resolve()?),
+        Command::Rmtree { idmap, quiet, path } => rmtree(&path, idmap.into(), quiet),
+    }
+}
+
 fn unpack(args: UnpackArgs) -> Result<()> {
     let store = if args.no_store {
         None
     } else {
-        Some(default_store(args.store)?)
+        Some(args.store.resolve()?)
     };
     let options = Options {
         image: args.image,
@@ -137,14 +179,100 @@ fn print_progress(event: &Progress) {
     }
 }
 
-fn default_store(explicit: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(dir) = explicit.or_else(|| std::env::var_os("STRATA_STORE").map(PathBuf::from)) {
-        return Ok(dir);
+fn ls(store: &Path, json: bool) -> Result<()> {
+    let snapshots = upkeep::list(store)?;
+    if json {
+        println!("{}", serde_json::to_string(&snapshots)?);
+        return Ok(());
     }
-    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(data).join("strata"));
+    println!(
+        "{:<19}  {:>9}  {:>9}  IMAGES",
+        "CHAIN ID", "SIZE", "LAST USED"
+    );
+    for snapshot in snapshots {
+        let images = if snapshot.images.is_empty() {
+            "-".into()
+        } else {
+            snapshot.images.join(", ")
+        };
+        println!(
+            "{:<19}  {:>9}  {:>9}  {images}",
+            format!("sha256:{}", snapshot.chain_id.short()),
+            human_size(snapshot.size),
+            ago(snapshot.last_used),
+        );
     }
-    let home = std::env::var_os("HOME")
-        .context("no --store given and neither XDG_DATA_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".local/share/strata"))
+    Ok(())
+}
+
+fn rm(store: &Path, image: &str) -> Result<()> {
+    for record in upkeep::forget(store, image)? {
+        println!("forgot {} ({})", record.reference, record.manifest);
+    }
+    Ok(())
+}
+
+fn gc(store: &Path) -> Result<()> {
+    let collected = upkeep::gc(store)?;
+    println!(
+        "removed {} snapshots ({})",
+        collected.snapshots.len(),
+        human_size(collected.size)
+    );
+    Ok(())
+}
+
+fn rmtree(path: &Path, idmap: IdMapMode, quiet: bool) -> Result<()> {
+    if let Some(warning) = upkeep::rmtree(path, idmap)?
+        && !quiet
+    {
+        eprintln!("strata: warning: {warning}");
+    }
+    Ok(())
+}
+
+impl StoreArg {
+    fn resolve(self) -> Result<PathBuf> {
+        if let Some(dir) = self
+            .store
+            .or_else(|| std::env::var_os("STRATA_STORE").map(PathBuf::from))
+        {
+            return Ok(dir);
+        }
+        if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(data).join("strata"));
+        }
+        let home = std::env::var_os("HOME")
+            .context("no --store given and neither XDG_DATA_HOME nor HOME is set")?;
+        Ok(PathBuf::from(home).join(".local/share/strata"))
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// "5m ago", "3h ago", "2d ago".
+fn ago(epoch_seconds: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let seconds = now.saturating_sub(epoch_seconds);
+    match seconds {
+        0..60 => format!("{seconds}s ago"),
+        60..3600 => format!("{}m ago", seconds / 60),
+        3600..86400 => format!("{}h ago", seconds / 3600),
+        _ => format!("{}d ago", seconds / 86400),
+    }
 }

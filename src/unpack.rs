@@ -14,7 +14,7 @@ use crate::image::{self, Image, ImageRef, Layer, Platform};
 use crate::plan::plan;
 use crate::protocol::{Applied, Skipped};
 use crate::sandbox::{Helper, IdMap, IdMapMode};
-use crate::store::{SnapshotInfo, Store, after_cleanup, now};
+use crate::store::{ImageRecord, SnapshotInfo, Store, after_cleanup, now};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -89,7 +89,14 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
         match &options.store {
             Some(store) => {
                 let store = Store::open(store, helper.clone())?;
-                unpack_with_store(&store, &helper, &image, &staging, progress)
+                let layers = unpack_with_store(&store, &helper, &image, &staging, progress)?;
+                store.record_image(&ImageRecord {
+                    reference: absolute(&reference).to_string(),
+                    manifest: image.manifest_digest.clone(),
+                    chain_ids: layers.iter().map(|layer| layer.chain_id.clone()).collect(),
+                    last_used: now(),
+                })?;
+                Ok(layers)
             }
             None => unpack_directly(&helper, &image, &staging, progress),
         }
@@ -171,6 +178,7 @@ fn unpack_with_store(
             diff_id: layer.diff_id.clone(),
             layer: layer.digest.clone(),
             created: now(),
+            size: applied.bytes,
         };
         store
             .commit(active, &info)
@@ -225,6 +233,15 @@ fn describe(image: &Image, index: usize) -> String {
         image.layers.len(),
         image.layers[index].digest
     )
+}
+
+/// `reference` with its layout path made absolute, as the store records it.
+pub(crate) fn absolute(reference: &ImageRef) -> ImageRef {
+    let layout = std::fs::canonicalize(&reference.layout).unwrap_or(reference.layout.clone());
+    ImageRef {
+        layout,
+        selector: reference.selector.clone(),
+    }
 }
 
 fn diff_ids(image: &Image) -> Vec<Digest> {

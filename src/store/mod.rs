@@ -5,9 +5,12 @@
 //! STORE/lock                      held exclusively by the running strata
 //! STORE/store.json                the id map all snapshots were made with
 //! STORE/snapshots/<chain hex>/    committed: fs/ (the tree) and info.json
+//! STORE/images/<manifest hex>.json  the images unpacked, and the chain IDs each needs
 //! STORE/tmp/extract-<unique>/     active snapshots; whatever is here at start is crash debris
 //! ```
 //! Commit is a rename, so a snapshot is either whole under its chain ID or not there.
+
+mod images;
 
 use std::fs::{self, DirBuilder, File};
 use std::os::unix::fs::DirBuilderExt;
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::sandbox::{Helper, IdMap};
+pub use images::ImageRecord;
 
 /// `STORE/store.json`: what holds for every snapshot in the store.
 const CONFIG: &str = "store.json";
@@ -40,6 +44,9 @@ pub struct SnapshotInfo {
     pub layer: Digest,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Bytes of the layer's uncompressed stream.
+    #[serde(default)]
+    pub size: u64,
 }
 
 pub struct Store {
@@ -75,6 +82,7 @@ impl Store {
         private(root)?;
         private(&root.join("snapshots"))?;
         private(&root.join("tmp"))?;
+        private(&images::dir(root))?;
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -127,6 +135,10 @@ impl Store {
                     .with_context(|| format!("writing {}", file.display()))
             }
         }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     fn tmp(&self) -> PathBuf {
@@ -193,6 +205,65 @@ impl Store {
             }
             Err(e) => Err(e).with_context(|| format!("committing snapshot {}", info.chain_id)),
         }
+    }
+
+    /// Notes that `record`'s image was unpacked: its snapshots are now in use.
+    pub fn record_image(&self, record: &ImageRecord) -> Result<()> {
+        images::write(&self.root, &self.tmp(), record)
+    }
+
+    /// Forgets an image; its snapshots stay until `gc` finds nothing else needs them.
+    pub fn forget_image(&self, manifest: &Digest) -> Result<()> {
+        images::remove(&self.root, manifest)
+    }
+
+    /// Removes every committed snapshot no recorded image needs; returns their infos.
+    pub fn collect_garbage(&self) -> Result<Vec<SnapshotInfo>> {
+        let needed: std::collections::HashSet<Digest> = images::list(&self.root)?
+            .into_iter()
+            .flat_map(|image| image.chain_ids)
+            .collect();
+        let mut removed = Vec::new();
+        for info in Store::snapshots(&self.root)? {
+            if needed.contains(&info.chain_id) {
+                continue;
+            }
+            // Unpublish first (one rename), so a crash midway leaves debris, not a half tree
+            // under a chain ID.
+            let doomed = self.tmp().join(format!("gc-{}", info.chain_id.hex()));
+            fs::rename(self.snapshot_dir(&info.chain_id), &doomed)
+                .with_context(|| format!("removing snapshot {}", info.chain_id))?;
+            self.helper
+                .remove_dir(&doomed)
+                .with_context(|| format!("removing snapshot {}", info.chain_id))?;
+            removed.push(info);
+        }
+        Ok(removed)
+    }
+
+    /// The committed snapshots of the store at `root` (none if there is no store), read
+    /// without the lock: commits are renames, so what is listed is whole.
+    pub fn snapshots(root: &Path) -> Result<Vec<SnapshotInfo>> {
+        let entries = match fs::read_dir(root.join("snapshots")) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).context("listing the store's snapshots"),
+        };
+        let mut infos = Vec::new();
+        for entry in entries {
+            let path = entry?.path().join("info.json");
+            let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let info: SnapshotInfo = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}", path.display()))?;
+            infos.push(info);
+        }
+        infos.sort_by_key(|info| info.created);
+        Ok(infos)
+    }
+
+    /// The images recorded in the store at `root`.
+    pub fn images(root: &Path) -> Result<Vec<ImageRecord>> {
+        images::list(root)
     }
 
     /// Discards an active snapshot.
