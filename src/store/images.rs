@@ -30,11 +30,11 @@ fn file(store: &Path, manifest: &Digest) -> PathBuf {
     dir(store).join(format!("{}.json", manifest.hex()))
 }
 
-/// Writes `record` (replacing any earlier one for the same manifest); `scratch` is a directory
-/// on the same filesystem for the rename.
-pub(super) fn write(store: &Path, scratch: &Path, record: &ImageRecord) -> Result<()> {
+/// Writes `record`, replacing any earlier one for the same manifest by a rename (the caller
+/// holds the store lock, so the temporary name is free).
+pub(super) fn write(store: &Path, record: &ImageRecord) -> Result<()> {
     let target = file(store, &record.manifest);
-    let temporary = scratch.join(format!("image-{}.json", record.manifest.hex()));
+    let temporary = dir(store).join(format!(".{}.json.tmp", record.manifest.hex()));
     fs::write(&temporary, serde_json::to_vec_pretty(record)?)
         .and_then(|()| fs::rename(&temporary, &target))
         .with_context(|| {

@@ -129,7 +129,9 @@ impl Store {
             None => {
                 let config = serde_json::to_vec_pretty(&StoreConfig { idmap: wanted })?;
                 let file = self.root.join(CONFIG);
-                let temporary = self.tmp().join(CONFIG);
+                // Beside the target, not in tmp/: tmp/ holds only active snapshots. A leftover
+                // from a crash is overwritten next time (under the lock).
+                let temporary = self.root.join(format!(".{CONFIG}.tmp"));
                 fs::write(&temporary, config)
                     .and_then(|()| fs::rename(&temporary, &file))
                     .with_context(|| format!("writing {}", file.display()))
@@ -209,7 +211,7 @@ impl Store {
 
     /// Notes that `record`'s image was unpacked: its snapshots are now in use.
     pub fn record_image(&self, record: &ImageRecord) -> Result<()> {
-        images::write(&self.root, &self.tmp(), record)
+        images::write(&self.root, record)
     }
 
     /// Forgets an image; its snapshots stay until `gc` finds nothing else needs them.

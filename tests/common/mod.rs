@@ -7,12 +7,16 @@
 #[allow(dead_code)]
 pub mod fixture;
 #[allow(dead_code)]
+pub mod idmap;
+#[allow(dead_code)]
 pub mod run;
 #[allow(dead_code)]
 pub mod tree;
 
 #[allow(unused_imports)]
 pub use fixture::*;
+#[allow(unused_imports)]
+pub use idmap::*;
 #[allow(unused_imports)]
 pub use run::*;
 #[allow(unused_imports)]
