@@ -5,7 +5,8 @@
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::BorrowedFd;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -14,10 +15,12 @@ use landlock::{
     RulesetStatus, Scope,
 };
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
 use nix::unistd::{Pid, chdir, getgid, getppid, getuid, pivot_root, setgroups};
 use strata::protocol::{MAPS_READY, MAPS_WANTED};
 use strata::sandbox::IdMap;
@@ -103,12 +106,74 @@ fn wait_for_maps(results: &mut File, mut control: File) -> Result<()> {
     }
 }
 
+/// Detaches this mount namespace from the host's: no mount made here propagates back.
+pub fn make_mounts_private() -> Result<()> {
+    let none = None::<&str>;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).context("making / private")
+}
+
+/// Mounts the overlay of `lowers` (top first), with `upper` and its work directory if given
+/// (else read-only), at `target`. Layers are named as `/proc/self/fd/N` of fds opened here, so
+/// no store path can break the option string (`:` and `,` separate options) and up to a few
+/// hundred layers fit in its one page. `userxattr`: the kernel requires it in a user namespace,
+/// and it keeps overlay metadata in `user.overlay.*` xattrs.
+pub fn mount_overlay(
+    target: &Path,
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+) -> Result<()> {
+    let open = |dir: &Path| {
+        nix::fcntl::open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening overlay layer {}", dir.display()))
+    };
+    let name = |fd: &OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let lower_fds = lowers
+        .iter()
+        .map(|dir| open(dir))
+        .collect::<Result<Vec<_>>>()?;
+    let lowerdir: Vec<String> = lower_fds.iter().map(name).collect();
+    let mut options = format!("lowerdir={},userxattr", lowerdir.join(":"));
+    let upper_fds = match upper {
+        Some((upper, work)) => {
+            let fds = (open(upper)?, open(work)?);
+            options.push_str(&format!(
+                ",upperdir={},workdir={}",
+                name(&fds.0),
+                name(&fds.1)
+            ));
+            Some(fds)
+        }
+        None => None,
+    };
+    let flags = if upper_fds.is_some() {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        flags,
+        Some(options.as_str()),
+    )
+    .with_context(|| {
+        format!(
+            "mounting an overlay of {} layers at {}",
+            lowers.len(),
+            target.display()
+        )
+    })
+}
+
 /// Makes `root` the whole visible filesystem: nothing of the host stays mounted, and no mount
 /// event propagates back to it.
 pub fn pivot_into(root: &Path) -> Result<()> {
     let none = None::<&str>;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .context("making / private")?;
     // pivot_root needs the new root to be a mount point.
     mount(
         Some(root),

@@ -9,8 +9,8 @@ mod confine;
 
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::os::fd::{AsFd, FromRawFd};
-use std::path::Path;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -37,6 +37,16 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The tree a copy reads: one directory, or the read-only overlay of several, mounted over the
+/// top one (overlayfs resolves its layers before the mount covers them).
+fn open_source(sources: &[PathBuf]) -> Result<OwnedFd> {
+    let top = sources.first().context("a copy needs a source")?;
+    if sources.len() > 1 {
+        confine::mount_overlay(top, sources, None)?;
+    }
+    tree::open_dir(top).with_context(|| format!("opening {}", top.display()))
+}
+
 /// Takes ownership of an fd the parent installed, if it is open.
 fn adopt_fd(fd: i32) -> Option<File> {
     // SAFETY: fcntl only inspects the descriptor; from_raw_fd takes ownership of an open fd
@@ -51,14 +61,17 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
     // SAFETY: umask only changes this process's file creation mask; modes are set explicitly.
     unsafe { libc::umask(0) };
     confine::close_fds_from(CONTROL_FD + 1)?;
+    confine::enter_user_namespace(&request.idmap, results, control)?;
+    confine::make_mounts_private()?;
+    if let Some(overlay) = &request.overlay {
+        let upper = Some((overlay.upper.as_path(), overlay.work.as_path()));
+        confine::mount_overlay(&request.root, &overlay.lowers, upper)?;
+    }
     // The source of a copy is opened before the pivot hides it; Landlock lets it be read only.
     let source = match &request.op {
-        Op::Copy { source } => {
-            Some(tree::open_dir(source).with_context(|| format!("opening {}", source.display()))?)
-        }
+        Op::Copy { sources } => Some(open_source(sources)?),
         _ => None,
     };
-    confine::enter_user_namespace(&request.idmap, results, control)?;
     confine::pivot_into(&request.root)?;
     confine::lock_down(source.as_ref().map(|fd| fd.as_fd()), parent)?;
     let root = tree::open_dir(Path::new("/")).context("opening the new root")?;

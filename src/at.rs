@@ -35,11 +35,16 @@ pub fn resolve_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
     } else {
         path
     };
-    Ok(openat2(
-        root,
-        path,
-        in_root(OFlag::O_PATH | OFlag::O_DIRECTORY),
-    )?)
+    let how = in_root(OFlag::O_PATH | OFlag::O_DIRECTORY);
+    // With `..` in the walk, the kernel answers EAGAIN when any rename or mount anywhere may
+    // have raced with it, rather than risk an escape; the answer is to try again.
+    let mut attempts = 0;
+    loop {
+        match openat2(root, path, how) {
+            Err(Errno::EAGAIN) if attempts < 1000 => attempts += 1,
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Like [`resolve_dir`], but creates missing directories (mode 0755, owned by the namespace's

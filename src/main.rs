@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use strata::sandbox::IdMapMode;
+use strata::store::SnapshotterMode;
 use strata::{Options, Progress, upkeep};
 
 #[derive(Parser)]
@@ -82,6 +83,10 @@ struct UnpackArgs {
     /// Ids to map: the user's subordinate range when it works (auto), or the user alone.
     #[arg(long, value_enum, default_value_t = IdMapArg::Auto)]
     idmap: IdMapArg,
+    /// How a new store keeps snapshots: overlay (layer diffs) where it works, else native
+    /// (full trees). An existing store keeps its own.
+    #[arg(long, value_enum, default_value_t = SnapshotterArg::Auto)]
+    snapshotter: SnapshotterArg,
     /// OCI image layout: PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG].
     image: String,
     /// Root filesystem to create: must not exist, or be an empty directory.
@@ -99,6 +104,23 @@ impl From<IdMapArg> for IdMapMode {
         match arg {
             IdMapArg::Auto => IdMapMode::Auto,
             IdMapArg::Single => IdMapMode::Single,
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SnapshotterArg {
+    Auto,
+    Native,
+    Overlay,
+}
+
+impl From<SnapshotterArg> for SnapshotterMode {
+    fn from(arg: SnapshotterArg) -> SnapshotterMode {
+        match arg {
+            SnapshotterArg::Auto => SnapshotterMode::Auto,
+            SnapshotterArg::Native => SnapshotterMode::Native,
+            SnapshotterArg::Overlay => SnapshotterMode::Overlay,
         }
     }
 }
@@ -137,6 +159,7 @@ fn unpack(args: UnpackArgs) -> Result<()> {
         store,
         platform: args.platform,
         idmap: args.idmap.into(),
+        snapshotter: args.snapshotter.into(),
     };
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let report = strata::unpack(&options, &mut |event| match event {

@@ -27,7 +27,19 @@ pub struct Request {
     /// The directory the helper pivots into: the only tree it may write.
     pub root: PathBuf,
     pub idmap: IdMap,
+    /// An overlay to mount at `root` first (inside the helper's mount namespace): the layer is
+    /// then applied to the merged view and lands in `upper` (the overlay snapshotter).
+    pub overlay: Option<Overlay>,
     pub op: Op,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Overlay {
+    /// The snapshots below, top first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    /// overlayfs's scratch directory, on the same filesystem as `upper`.
+    pub work: PathBuf,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,9 +47,10 @@ pub struct Request {
 pub enum Op {
     /// Apply the layer on stdin to `root`, with OCI whiteout semantics.
     Apply { compression: Compression },
-    /// Copy the tree at `source` into the empty `root`, preserving hardlinks, owners, modes,
-    /// times and xattrs; never sharing inodes with `source`.
-    Copy { source: PathBuf },
+    /// Copy a tree into the empty `root`, preserving hardlinks, owners, modes, times and xattrs;
+    /// never sharing inodes with the source. The source is `sources[0]`, or with several, the
+    /// read-only overlay of them all (top first), as the overlay snapshotter stores an image.
+    Copy { sources: Vec<PathBuf> },
     /// Remove everything inside `root` (the parent then removes the empty directory).
     Clear,
 }

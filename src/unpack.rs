@@ -2,7 +2,7 @@
 //! plan by chain ID, extract each missing layer into an active snapshot through the helper,
 //! verify, commit; then produce DEST from the top snapshot.
 
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -12,9 +12,9 @@ use crate::dest::Staging;
 use crate::digest::{Digest, VerifiedReader};
 use crate::image::{self, Image, ImageRef, Layer, Platform};
 use crate::plan::plan;
-use crate::protocol::{Applied, Skipped};
+use crate::protocol::{Applied, Compression, Skipped};
 use crate::sandbox::{Helper, IdMap, IdMapMode};
-use crate::store::{ImageRecord, SnapshotInfo, Store, after_cleanup, now};
+use crate::store::{ImageRecord, SnapshotInfo, SnapshotterMode, Store, after_cleanup, now};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -26,6 +26,7 @@ pub struct Options {
     /// `os/arch[/variant]`; the host's platform when `None`.
     pub platform: Option<String>,
     pub idmap: IdMapMode,
+    pub snapshotter: SnapshotterMode,
 }
 
 /// What `strata unpack --json` prints.
@@ -88,7 +89,7 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
         staging.remove_dead_runs_debris(&helper)?;
         match &options.store {
             Some(store) => {
-                let store = Store::open(store, helper.clone())?;
+                let store = Store::open(store, helper.clone(), options.snapshotter)?;
                 let layers = unpack_with_store(&store, &helper, &image, &staging, progress)?;
                 store.record_image(&ImageRecord {
                     reference: absolute(&reference).to_string(),
@@ -130,7 +131,9 @@ fn unpack_directly(
             count,
             layer,
         });
-        let applied = extract(helper, image, index, staging.path())?;
+        let applied = extract(image, index, |compression, blob| {
+            helper.apply(staging.path(), None, compression, blob)
+        })?;
         reports.push(report(layer, chain_id, false, applied.skipped));
     }
     Ok(reports)
@@ -143,9 +146,7 @@ fn unpack_with_store(
     staging: &Staging,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<LayerReport>> {
-    let plan = plan(&diff_ids(image), |chain_id| {
-        store.committed(chain_id).is_some()
-    });
+    let plan = plan(&diff_ids(image), |chain_id| store.committed(chain_id));
     let count = image.layers.len();
     let mut reports = Vec::with_capacity(count);
     for (index, layer) in image.layers.iter().enumerate() {
@@ -168,7 +169,10 @@ fn unpack_with_store(
         let active = store
             .prepare(parent)
             .with_context(|| describe(image, index))?;
-        let applied = match extract(helper, image, index, &active.fs()) {
+        let applied = extract(image, index, |compression, blob| {
+            store.apply(&active, parent, compression, blob)
+        });
+        let applied = match applied {
             Ok(applied) => applied,
             Err(err) => return Err(after_cleanup(err, store.remove(active))),
         };
@@ -187,23 +191,19 @@ fn unpack_with_store(
     }
     if let Some(top) = plan.chain_ids.last() {
         progress(Progress::Copying);
-        let tree = store
-            .committed(top)
-            .with_context(|| format!("snapshot {top} vanished"))?;
         helper
-            .copy(&tree, staging.path())
+            .copy(&store.layers(top)?, staging.path())
             .context("copying the unpacked tree to the destination")?;
     }
     Ok(reports)
 }
 
-/// Streams layer `index` to a helper that applies it to `root`, checking the blob's digest and
-/// size on the way and the diff ID at the end.
+/// Streams layer `index` to `apply` (a helper applying it somewhere), checking the blob's
+/// digest and size on the way and the diff ID at the end.
 fn extract(
-    helper: &Helper,
     image: &Image,
     index: usize,
-    root: &std::path::Path,
+    apply: impl FnOnce(Compression, &mut dyn Read) -> Result<Applied>,
 ) -> Result<Applied> {
     let layer = &image.layers[index];
     let run = || -> Result<Applied> {
@@ -213,7 +213,7 @@ fn extract(
             &layer.digest,
             layer.size,
         );
-        let applied = helper.apply(root, layer.compression, &mut blob)?;
+        let applied = apply(layer.compression, &mut blob)?;
         if applied.diff_id != layer.diff_id {
             bail!(
                 "diff ID mismatch: the config lists {} but the layer decompresses to {}",

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::image::{self, ImageRef, Platform};
 use crate::sandbox::{Helper, IdMap, IdMapMode};
-use crate::store::{ImageRecord, Store};
+use crate::store::{ImageRecord, SnapshotterMode, Store};
 use crate::unpack::absolute;
 
 /// One committed snapshot, as `strata ls` shows it.
@@ -120,7 +120,7 @@ pub fn gc(store: &Path) -> Result<Collected> {
 /// The store at `root`, locked, with a helper of its id map (opening also removes debris).
 fn open(root: &Path) -> Result<Store> {
     let idmap = Store::recorded_idmap(root)?.unwrap_or(IdMap::Single);
-    Store::open(root, Helper::locate(idmap)?)
+    Store::open(root, Helper::locate(idmap)?, SnapshotterMode::Auto)
 }
 
 /// Removes the directory `path` and everything in it, whatever owners and modes it holds,

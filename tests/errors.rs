@@ -642,19 +642,12 @@ fn tar_header_claiming_10_gib_fails_quickly_without_allocating_it() {
     // A 4 GiB address space: allocating what the header claims would abort, not fail cleanly.
     let dest = env.dest("rootfs");
     let store = env.store();
+    let strata = env.strata_command(args![
+        "unpack", "--store", store, "--json", image.path, dest
+    ]);
     let mut command = env.command("sh");
     command.args(["-c", "ulimit -v 4194304 && exec \"$0\" \"$@\""]);
-    command.arg(strata_bin());
-    command.args(args![
-        "unpack",
-        "--idmap",
-        env.idmap().arg(),
-        "--store",
-        store,
-        "--json",
-        image.path,
-        dest
-    ]);
+    command.arg(strata.get_program()).args(strata.get_args());
     let started = Instant::now();
     let out = run(&mut command);
     let took = started.elapsed();

@@ -1,7 +1,7 @@
 //! Applies tar entries to a root directory with `*at` calls: the syscall half of extraction.
 //! The rules it follows (names, whiteouts, owners) live in the pure modules beside it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -93,6 +93,8 @@ pub struct Applier<'a> {
     /// Times of directories this layer changes without naming them, restored at the end so
     /// that only what the layer describes changes (as umoci does).
     touched: BTreeMap<PathBuf, (TimeSpec, TimeSpec)>,
+    /// Hardlink groups of the tree as it was, found the first time a link splits one.
+    link_groups: Option<HashMap<(u64, u64), Vec<PathBuf>>>,
     pub skipped: Vec<Skipped>,
     buf: Vec<u8>,
 }
@@ -105,6 +107,7 @@ impl<'a> Applier<'a> {
             upper: UpperPaths::default(),
             dirs: BTreeMap::new(),
             touched: BTreeMap::new(),
+            link_groups: None,
             skipped: Vec::new(),
             buf: vec![0; 256 * 1024],
         }
@@ -348,6 +351,58 @@ impl<'a> Applier<'a> {
             AtFlags::empty(),
         )
         .with_context(|| format!("linking to {}", target.display()))?;
+        let old = (target_st.st_dev, target_st.st_ino);
+        if target_st.st_nlink > 1
+            && let Some(now) = at::lstat(target_dir.as_fd(), target_name)?
+            && (now.st_dev, now.st_ino) != old
+        {
+            self.rejoin_link_group(old, target)?;
+        }
+        Ok(())
+    }
+
+    /// Applied through overlayfs, a link to a file of a lower layer copies that file up, which
+    /// splits it from its other names there. Those names are linked again to the copy, so the
+    /// group stays one inode, as on a plain filesystem (and under the native snapshotter).
+    fn rejoin_link_group(&mut self, old: (u64, u64), target: &Path) -> Result<()> {
+        if self.link_groups.is_none() {
+            let mut groups = HashMap::new();
+            find_link_groups(self.root, Path::new(""), &mut groups)
+                .context("listing the hardlinks of lower layers")?;
+            self.link_groups = Some(groups);
+        }
+        let others = self
+            .link_groups
+            .as_ref()
+            .and_then(|groups| groups.get(&old))
+            .cloned();
+        let (target_parent, target_name) = (
+            target.parent().unwrap_or(Path::new("")),
+            target.file_name().unwrap_or_default(),
+        );
+        let target_dir = at::resolve_dir(self.root, target_parent)?;
+        for path in others.unwrap_or_default() {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            let Ok(dir) = at::resolve_dir(self.root, parent) else {
+                continue;
+            };
+            // Only names still on the old inode: this layer may have replaced some.
+            match at::lstat(dir.as_fd(), name)? {
+                Some(st) if (st.st_dev, st.st_ino) == old => {}
+                _ => continue,
+            }
+            at::remove_all(dir.as_fd(), name)?;
+            linkat(
+                target_dir.as_fd(),
+                target_name,
+                dir.as_fd(),
+                name,
+                AtFlags::empty(),
+            )
+            .with_context(|| format!("relinking {} to {}", path.display(), target.display()))?;
+        }
         Ok(())
     }
 
@@ -384,7 +439,10 @@ impl<'a> Applier<'a> {
         owner_record: Option<Vec<u8>>,
     ) -> Result<()> {
         for (key, value) in &meta.xattrs {
-            let settable = key.starts_with(b"user.") || key == b"security.capability";
+            // `user.overlay.*` would steer overlayfs reading the store's layers (whiteouts,
+            // redirects): an image may not set them, as umoci escapes them.
+            let settable = (key.starts_with(b"user.") && !key.starts_with(b"user.overlay."))
+                || key == b"security.capability";
             let result = if settable {
                 at::set_xattr(fd, key, value)
             } else {
@@ -442,6 +500,29 @@ impl<'a> Applier<'a> {
             _ => Ok(()),
         }
     }
+}
+
+/// Every multiply-linked non-directory below `dir` (at `path`), grouped by inode.
+fn find_link_groups(
+    dir: BorrowedFd,
+    path: &Path,
+    groups: &mut HashMap<(u64, u64), Vec<PathBuf>>,
+) -> Result<()> {
+    for name in at::list(dir)? {
+        let Some(st) = at::lstat(dir, &name)? else {
+            continue;
+        };
+        let child = path.join(&name);
+        if at::is_dir(&st) {
+            find_link_groups(at::open_subdir(dir, &name)?.as_fd(), &child, groups)?;
+        } else if st.st_nlink > 1 {
+            groups
+                .entry((st.st_dev, st.st_ino))
+                .or_default()
+                .push(child);
+        }
+    }
+    Ok(())
 }
 
 /// The directory at `path`, or `None` when it is missing or not a directory (a whiteout for

@@ -15,7 +15,8 @@ use std::thread;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::protocol::{
-    Applied, CONTROL_FD, Compression, MAPS_READY, MAPS_WANTED, Op, RESULT_FD, Reply, Request,
+    Applied, CONTROL_FD, Compression, MAPS_READY, MAPS_WANTED, Op, Overlay, RESULT_FD, Reply,
+    Request,
 };
 
 /// The `strata-helper` program: `$STRATA_HELPER`, else the file beside the running binary.
@@ -90,15 +91,18 @@ impl Helper {
         }
     }
 
-    /// Applies the layer read from `blob` to `root`. An error reading `blob` (a digest or size
-    /// mismatch, detected while streaming) wins over what the helper made of the cut stream.
+    /// Applies the layer read from `blob` to `root`, or with `overlay`, to the overlay mounted
+    /// there. An error reading `blob` (a digest or size mismatch, detected while streaming) wins
+    /// over what the helper made of the cut stream.
     pub fn apply(
         &self,
         root: &Path,
+        overlay: Option<Overlay>,
         compression: Compression,
         blob: &mut dyn Read,
     ) -> Result<Applied> {
-        match self.run(root, Op::Apply { compression }, Some(blob))? {
+        let request = self.request(root, Op::Apply { compression }, overlay);
+        match self.run(request, Some(blob))? {
             Reply::Applied(applied) => Ok(applied),
             other => Err(anyhow!(
                 "helper gave an unexpected reply to apply: {other:?}"
@@ -106,21 +110,19 @@ impl Helper {
         }
     }
 
-    /// Copies the tree at `source` into the empty directory `root`.
-    pub fn copy(&self, source: &Path, root: &Path) -> Result<()> {
-        self.run(
-            root,
-            Op::Copy {
-                source: source.to_path_buf(),
-            },
-            None,
-        )
-        .map(drop)
+    /// Copies the tree `sources` stands for (one directory, or the overlay of several, top
+    /// first) into the empty directory `root`.
+    pub fn copy(&self, sources: &[PathBuf], root: &Path) -> Result<()> {
+        let op = Op::Copy {
+            sources: sources.to_vec(),
+        };
+        self.run(self.request(root, op, None), None).map(drop)
     }
 
     /// Empties `root` (whatever modes and owners its contents have).
     pub fn clear(&self, root: &Path) -> Result<()> {
-        self.run(root, Op::Clear, None).map(drop)
+        self.run(self.request(root, Op::Clear, None), None)
+            .map(drop)
     }
 
     /// Empties and removes `dir`; a missing `dir` is fine. An empty one needs no helper (so
@@ -138,12 +140,16 @@ impl Helper {
         std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
     }
 
-    fn run(&self, root: &Path, op: Op, input: Option<&mut dyn Read>) -> Result<Reply> {
-        let request = Request {
+    fn request(&self, root: &Path, op: Op, overlay: Option<Overlay>) -> Request {
+        Request {
             root: root.to_path_buf(),
             idmap: self.idmap,
+            overlay,
             op,
-        };
+        }
+    }
+
+    fn run(&self, request: Request, input: Option<&mut dyn Read>) -> Result<Reply> {
         let (mut results, results_writer) = io::pipe().context("creating the result pipe")?;
         let (control_reader, mut control) = io::pipe().context("creating the control pipe")?;
         let fds = [results_writer.as_raw_fd(), control_reader.as_raw_fd()];

@@ -1,10 +1,15 @@
-//! The snapshot store, native snapshotter: every committed snapshot is a full tree, named by
-//! its chain ID (DESIGN §3).
+//! The snapshot store: snapshots named by chain ID (DESIGN §3), made by one of two snapshotters.
+//! *Native*: every committed snapshot is a full tree, a copy of its parent with the layer
+//! applied; works on any filesystem. *Overlay*: a committed snapshot holds only its layer's
+//! changes (overlayfs format: whiteouts are 0/0 devices, opaque directories carry
+//! `user.overlay.opaque`); the layer is applied through a rootless overlay mount of its parent
+//! chain inside the helper, and trees are read through the same kind of mount. It is the
+//! default where the kernel allows it, probed once when the store is created.
 //!
 //! ```text
 //! STORE/lock                      held exclusively by the running strata
-//! STORE/store.json                the id map all snapshots were made with
-//! STORE/snapshots/<chain hex>/    committed: fs/ (the tree) and info.json
+//! STORE/store.json                the id map and snapshotter all snapshots were made with
+//! STORE/snapshots/<chain hex>/    committed: fs/ (the tree or the layer's diff) and info.json
 //! STORE/images/<manifest hex>.json  the images unpacked, and the chain IDs each needs
 //! STORE/tmp/extract-<unique>/     active snapshots; whatever is here at start is crash debris
 //! ```
@@ -22,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::protocol::{Applied, Compression, Overlay};
 use crate::sandbox::{Helper, IdMap};
 pub use images::ImageRecord;
 
@@ -32,6 +38,24 @@ const CONFIG: &str = "store.json";
 struct StoreConfig {
     /// The id map every snapshot was made with.
     idmap: IdMap,
+    snapshotter: Snapshotter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Snapshotter {
+    Native,
+    Overlay,
+}
+
+/// What the user asked for with `--snapshotter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotterMode {
+    /// The store's own; for a new store, overlay where it works, else native.
+    #[default]
+    Auto,
+    Native,
+    Overlay,
 }
 
 /// What the store keeps about a committed snapshot, beside its tree.
@@ -52,6 +76,7 @@ pub struct SnapshotInfo {
 pub struct Store {
     root: PathBuf,
     helper: Helper,
+    snapshotter: Snapshotter,
     /// Held for the store's lifetime: two strata processes never change one store at once.
     _lock: File,
 }
@@ -62,16 +87,26 @@ pub struct Active {
 }
 
 impl Active {
-    /// The tree the layer is applied to.
-    pub fn fs(&self) -> PathBuf {
+    /// The snapshot's own tree: everything (native), or the layer's changes (overlay).
+    fn fs(&self) -> PathBuf {
         self.dir.join("fs")
+    }
+
+    /// overlayfs's scratch directory.
+    fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
+    /// Where the helper mounts the overlay it applies the layer to.
+    fn merged(&self) -> PathBuf {
+        self.dir.join("merged")
     }
 }
 
 impl Store {
     /// Opens (creating, mode 0700) the store at `root`, waits for its lock, and removes the
     /// debris of runs that died.
-    pub fn open(root: &Path, helper: Helper) -> Result<Store> {
+    pub fn open(root: &Path, helper: Helper, snapshotter: SnapshotterMode) -> Result<Store> {
         let private = |dir: &Path| {
             DirBuilder::new()
                 .recursive(true)
@@ -91,51 +126,124 @@ impl Store {
             .with_context(|| format!("opening the lock of store {}", root.display()))?;
         lock.lock()
             .with_context(|| format!("locking store {}", root.display()))?;
-        let store = Store {
+        let mut store = Store {
             root: root.to_path_buf(),
             helper,
+            snapshotter: Snapshotter::Native,
             _lock: lock,
         };
-        store.check_idmap()?;
         store.remove_debris()?;
+        store.snapshotter = store.check_config(snapshotter)?;
         Ok(store)
     }
 
     /// The id map the store's snapshots were made with, if it has any.
     pub fn recorded_idmap(root: &Path) -> Result<Option<IdMap>> {
+        Ok(Store::config(root)?.map(|config| config.idmap))
+    }
+
+    fn config(root: &Path) -> Result<Option<StoreConfig>> {
         let file = root.join(CONFIG);
         match fs::read(&file) {
-            Ok(bytes) => {
-                let config: StoreConfig = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("reading {}", file.display()))?;
-                Ok(Some(config.idmap))
-            }
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("reading {}", file.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
         }
     }
 
-    /// Records the helper's id map in a new store, or checks it against the recorded one:
-    /// snapshots made under two mappings never meet in one store.
-    fn check_idmap(&self) -> Result<()> {
-        let wanted = self.helper.idmap();
-        match Store::recorded_idmap(&self.root)? {
-            Some(recorded) if recorded == wanted => Ok(()),
-            Some(recorded) => bail!(
-                "store {} holds snapshots made with the {recorded} map, not {wanted}; use \
-                 another --store for this mapping",
-                self.root.display()
-            ),
-            None => {
-                let config = serde_json::to_vec_pretty(&StoreConfig { idmap: wanted })?;
-                let file = self.root.join(CONFIG);
-                // Beside the target, not in tmp/: tmp/ holds only active snapshots. A leftover
-                // from a crash is overwritten next time (under the lock).
-                let temporary = self.root.join(format!(".{CONFIG}.tmp"));
-                fs::write(&temporary, config)
-                    .and_then(|()| fs::rename(&temporary, &file))
-                    .with_context(|| format!("writing {}", file.display()))
+    /// Checks the helper's id map and the wanted snapshotter against what the store records,
+    /// or records them in a new store: snapshots made two ways never meet in one store.
+    fn check_config(&self, wanted: SnapshotterMode) -> Result<Snapshotter> {
+        let idmap = self.helper.idmap();
+        if let Some(config) = Store::config(&self.root)? {
+            if config.idmap != idmap {
+                bail!(
+                    "store {} holds snapshots made with the {} map, not {idmap}; use another \
+                     --store for this mapping",
+                    self.root.display(),
+                    config.idmap
+                );
             }
+            let clash = match wanted {
+                SnapshotterMode::Auto => None,
+                SnapshotterMode::Native => Some(Snapshotter::Native),
+                SnapshotterMode::Overlay => Some(Snapshotter::Overlay),
+            };
+            if clash.is_some_and(|wanted| wanted != config.snapshotter) {
+                bail!(
+                    "store {} uses the {:?} snapshotter; use another --store for the other one",
+                    self.root.display(),
+                    config.snapshotter
+                );
+            }
+            return Ok(config.snapshotter);
+        }
+        let snapshotter = match wanted {
+            SnapshotterMode::Native => Snapshotter::Native,
+            SnapshotterMode::Overlay => {
+                if let Err(why) = self.probe_overlay()? {
+                    return Err(why.context("the overlay snapshotter does not work here"));
+                }
+                Snapshotter::Overlay
+            }
+            SnapshotterMode::Auto => match self.probe_overlay()? {
+                Ok(()) => Snapshotter::Overlay,
+                Err(_) => Snapshotter::Native,
+            },
+        };
+        let config = serde_json::to_vec_pretty(&StoreConfig { idmap, snapshotter })?;
+        let file = self.root.join(CONFIG);
+        // Beside the target, not in tmp/: tmp/ holds only active snapshots. A leftover from a
+        // crash is overwritten next time (under the lock).
+        let temporary = self.root.join(format!(".{CONFIG}.tmp"));
+        fs::write(&temporary, config)
+            .and_then(|()| fs::rename(&temporary, &file))
+            .with_context(|| format!("writing {}", file.display()))?;
+        Ok(snapshotter)
+    }
+
+    /// Applies an empty layer through an overlay mount in a scratch snapshot: whether this
+    /// kernel, this filesystem and this user may mount overlays as the helper does (the inner
+    /// result). A helper that cannot run at all is the outer error: that says nothing about
+    /// overlays, and must not settle the store's snapshotter.
+    fn probe_overlay(&self) -> Result<Result<()>> {
+        let probe = Active {
+            dir: self.tmp().join(unique_key()),
+        };
+        let lower = probe.dir.join("lower");
+        let result = (|| -> Result<Result<()>> {
+            for dir in [
+                &probe.dir,
+                &probe.fs(),
+                &probe.work(),
+                &probe.merged(),
+                &lower,
+            ] {
+                fs::create_dir(dir)?;
+            }
+            self.helper.clear(&lower)?;
+            let overlay = Overlay {
+                lowers: vec![lower.clone()],
+                upper: probe.fs(),
+                work: probe.work(),
+            };
+            let mut empty_layer: &[u8] = &[];
+            let merged = probe.merged();
+            Ok(self
+                .helper
+                .apply(&merged, Some(overlay), Compression::None, &mut empty_layer)
+                .map(drop))
+        })();
+        // Part by part: if the helper cannot even start, the parts are empty and need none.
+        let cleanup = self
+            .helper
+            .remove_dir(&lower)
+            .and_then(|()| self.remove(probe));
+        match result {
+            Ok(overlay_works) => cleanup.map(|()| overlay_works),
+            Err(err) => Err(after_cleanup(err, cleanup)),
         }
     }
 
@@ -166,38 +274,91 @@ impl Store {
         Ok(())
     }
 
-    /// The tree of the committed snapshot `chain_id`, if there is one.
-    pub fn committed(&self, chain_id: &Digest) -> Option<PathBuf> {
-        let dir = self.snapshot_dir(chain_id);
-        dir.is_dir().then(|| dir.join("fs"))
+    /// Whether the snapshot `chain_id` is committed.
+    pub fn committed(&self, chain_id: &Digest) -> bool {
+        self.snapshot_dir(chain_id).is_dir()
     }
 
-    /// A new active snapshot holding a copy of `parent` (or empty).
+    /// The directories that make up the tree of snapshot `chain_id`, top first: its own tree
+    /// (native), or its diff and those of all its ancestors (overlay).
+    pub fn layers(&self, chain_id: &Digest) -> Result<Vec<PathBuf>> {
+        let mut layers = Vec::new();
+        let mut next = Some(chain_id.clone());
+        while let Some(chain_id) = next {
+            let dir = self.snapshot_dir(&chain_id);
+            if !dir.is_dir() {
+                bail!("snapshot {chain_id} is not committed");
+            }
+            layers.push(dir.join("fs"));
+            next = match self.snapshotter {
+                Snapshotter::Native => None,
+                Snapshotter::Overlay => self.info(&chain_id)?.parent,
+            };
+        }
+        Ok(layers)
+    }
+
+    fn info(&self, chain_id: &Digest) -> Result<SnapshotInfo> {
+        let path = self.snapshot_dir(chain_id).join("info.json");
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// A new active snapshot to apply a layer on top of `parent` (or of nothing). The native
+    /// snapshotter copies the parent's tree into it; the overlay one needs nothing of it yet.
     pub fn prepare(&self, parent: Option<&Digest>) -> Result<Active> {
         let active = Active {
             dir: self.tmp().join(unique_key()),
         };
-        let fs_dir = active.fs();
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&active.dir)
-            .and_then(|()| DirBuilder::new().mode(0o755).create(&fs_dir))
-            .with_context(|| format!("creating active snapshot {}", active.dir.display()))?;
-        if let Some(parent) = parent {
-            let source = self
-                .committed(parent)
-                .with_context(|| format!("parent snapshot {parent} is not committed"))?;
-            if let Err(err) = self.helper.copy(&source, &fs_dir) {
-                let err = err.context(format!("copying snapshot {parent}"));
-                return Err(after_cleanup(err, self.remove(active)));
-            }
+        let mut dirs = vec![(active.dir.clone(), 0o700), (active.fs(), 0o755)];
+        if self.snapshotter == Snapshotter::Overlay && parent.is_some() {
+            dirs.extend([(active.work(), 0o700), (active.merged(), 0o700)]);
+        }
+        for (dir, mode) in dirs {
+            DirBuilder::new()
+                .mode(mode)
+                .create(&dir)
+                .with_context(|| format!("creating active snapshot {}", active.dir.display()))?;
+        }
+        if let (Snapshotter::Native, Some(parent)) = (self.snapshotter, parent)
+            && let Err(err) = self
+                .layers(parent)
+                .and_then(|source| self.helper.copy(&source, &active.fs()))
+        {
+            let err = err.context(format!("copying snapshot {parent}"));
+            return Err(after_cleanup(err, self.remove(active)));
         }
         Ok(active)
+    }
+
+    /// Applies the layer read from `blob` to `active`, prepared on top of `parent`.
+    pub fn apply(
+        &self,
+        active: &Active,
+        parent: Option<&Digest>,
+        compression: Compression,
+        blob: &mut dyn std::io::Read,
+    ) -> Result<Applied> {
+        match (self.snapshotter, parent) {
+            (Snapshotter::Overlay, Some(parent)) => {
+                let overlay = Overlay {
+                    lowers: self.layers(parent)?,
+                    upper: active.fs(),
+                    work: active.work(),
+                };
+                self.helper
+                    .apply(&active.merged(), Some(overlay), compression, blob)
+            }
+            _ => self.helper.apply(&active.fs(), None, compression, blob),
+        }
     }
 
     /// Publishes `active` under `info.chain_id`. A snapshot another run committed first wins:
     /// both hold the same verified content.
     pub fn commit(&self, active: Active, info: &SnapshotInfo) -> Result<()> {
+        // overlayfs's scratch and mount point are not part of the snapshot.
+        self.helper.remove_dir(&active.work())?;
+        self.helper.remove_dir(&active.merged())?;
         let record = serde_json::to_vec_pretty(info)?;
         fs::write(active.dir.join("info.json"), record).context("writing snapshot info")?;
         match fs::rename(&active.dir, self.snapshot_dir(&info.chain_id)) {
@@ -270,12 +431,16 @@ impl Store {
 
     /// Discards an active snapshot.
     pub fn remove(&self, active: Active) -> Result<()> {
-        // The tree first: when it is still empty, no helper is needed at all.
-        let fs_dir = active.fs();
-        self.helper
-            .remove_dir(&fs_dir)
-            .and_then(|()| self.helper.remove_dir(&active.dir))
-            .with_context(|| format!("removing active snapshot {}", active.dir.display()))
+        // The parts first: when they are still empty, no helper is needed at all.
+        [
+            active.fs(),
+            active.work(),
+            active.merged(),
+            active.dir.clone(),
+        ]
+        .iter()
+        .try_for_each(|dir| self.helper.remove_dir(dir))
+        .with_context(|| format!("removing active snapshot {}", active.dir.display()))
     }
 }
 

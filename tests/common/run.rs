@@ -241,11 +241,23 @@ impl TestEnv {
         self.idmap
     }
 
-    /// `strata ARGS`; an `unpack` without `--idmap` gets the env's.
+    /// `strata ARGS`; an `unpack` without `--idmap` gets the env's, and without
+    /// `--snapshotter` the one `STRATA_TEST_SNAPSHOTTER` names, if set (CI runs the suite once
+    /// per snapshotter).
     pub fn strata_command(&self, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Command {
         let mut args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        if args.first().is_some_and(|a| a == "unpack") && !args.iter().any(|a| a == "--idmap") {
-            args.splice(1..1, ["--idmap".into(), self.idmap.arg().into()]);
+        if args.first().is_some_and(|a| a == "unpack") {
+            let given = |flag: &str| args.iter().any(|a| a == flag);
+            let mut extra: Vec<OsString> = Vec::new();
+            if !given("--idmap") {
+                extra.extend(["--idmap".into(), self.idmap.arg().into()]);
+            }
+            if let Some(snapshotter) = std::env::var_os("STRATA_TEST_SNAPSHOTTER")
+                && !given("--snapshotter")
+            {
+                extra.extend(["--snapshotter".into(), snapshotter]);
+            }
+            args.splice(1..1, extra);
         }
         let mut command = self.command(strata_bin());
         command.args(args);
