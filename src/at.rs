@@ -158,16 +158,17 @@ pub fn list(dir: BorrowedFd) -> Result<Vec<OsString>> {
 }
 
 /// Removes `name` from `dir` and, if it is a directory, everything below it. Symlinks are
-/// removed, never followed. A missing `name` is not an error.
-pub fn remove_all(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+/// removed, never followed. Returns whether anything was there.
+pub fn remove_all(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
     match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+        Ok(()) => return Ok(true),
+        Err(Errno::ENOENT) => return Ok(false),
         Err(Errno::EISDIR) => {}
         Err(e) => return Err(e.into()),
     }
     clear(open_subdir(dir, name)?.as_fd())?;
     match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Ok(()) | Err(Errno::ENOENT) => Ok(true),
         Err(e) => Err(e.into()),
     }
 }

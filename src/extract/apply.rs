@@ -1,13 +1,14 @@
 //! Applies tar entries to a root directory with `*at` calls: the syscall half of extraction.
 //! The rules it follows (names, whiteouts, owners) live in the pure modules beside it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -93,6 +94,11 @@ pub struct Applier<'a> {
     /// Times of directories this layer changes without naming them, restored at the end so
     /// that only what the layer describes changes (as umoci does).
     touched: BTreeMap<PathBuf, (TimeSpec, TimeSpec)>,
+    /// Directories this layer created (rather than merged into): nothing of lower layers is
+    /// in them.
+    fresh_dirs: HashSet<PathBuf>,
+    /// The last entry's parent directory, for the next entry with the same parent.
+    parent_cache: Option<(PathBuf, Rc<OwnedFd>)>,
     /// Hardlink groups of the tree as it was, found the first time a link splits one.
     link_groups: Option<HashMap<(u64, u64), Vec<PathBuf>>>,
     pub skipped: Vec<Skipped>,
@@ -107,6 +113,8 @@ impl<'a> Applier<'a> {
             upper: UpperPaths::default(),
             dirs: BTreeMap::new(),
             touched: BTreeMap::new(),
+            fresh_dirs: HashSet::new(),
+            parent_cache: None,
             link_groups: None,
             skipped: Vec::new(),
             buf: vec![0; 256 * 1024],
@@ -201,8 +209,7 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         let meta = Meta::read(entry)?;
-        let parent = at::resolve_dir_creating(self.root, parent_path)
-            .with_context(|| format!("resolving parent directory {}", parent_path.display()))?;
+        let parent = self.parent_dir(parent_path)?;
         let parent = parent.as_fd();
         self.remember_times(parent_path, parent)?;
         match kind {
@@ -210,23 +217,23 @@ impl<'a> Applier<'a> {
                 let target = entry
                     .link_name_bytes()
                     .context("hardlink without a target")?;
-                self.hardlink(parent, name, &normalize(&target)?)?;
+                self.hardlink(parent, path, &normalize(&target)?)?;
             }
             EntryType::Directory => self.make_dir(parent, name, path, meta)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.replace(parent, name)?;
+                self.replace(parent, path)?;
                 self.write_file(parent, path, entry, &meta)?;
             }
             EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .context("symlink without a target")?;
-                self.replace(parent, name)?;
+                self.replace(parent, path)?;
                 symlinkat(OsStr::from_bytes(&target), parent, name)?;
                 self.set_meta_at(parent, name, &meta, false)?;
             }
             EntryType::Fifo => {
-                self.replace(parent, name)?;
+                self.replace(parent, path)?;
                 mkfifoat(parent, name, Mode::from_bits_truncate(0o600))?;
                 self.set_meta_at(parent, name, &meta, true)?;
             }
@@ -240,9 +247,40 @@ impl<'a> Applier<'a> {
     }
 
     /// Removes whatever is at `name`, unless it is a directory that a directory entry merges into.
-    fn replace(&mut self, parent: BorrowedFd, name: &OsStr) -> Result<()> {
-        at::remove_all(parent, name)
-            .with_context(|| format!("removing the existing {}", Path::new(name).display()))
+    /// The directory entries of `path` go into, resolved again unless the previous entry had
+    /// the same parent and could not have changed where it resolves to.
+    fn parent_dir(&mut self, path: &Path) -> Result<Rc<OwnedFd>> {
+        if let Some((cached, fd)) = &self.parent_cache
+            && cached == path
+        {
+            return Ok(fd.clone());
+        }
+        let fd = Rc::new(
+            at::resolve_dir_creating(self.root, path)
+                .with_context(|| format!("resolving parent directory {}", path.display()))?,
+        );
+        self.parent_cache = Some((path.to_path_buf(), fd.clone()));
+        Ok(fd)
+    }
+
+    fn replace(&mut self, parent: BorrowedFd, path: &Path) -> Result<()> {
+        // In a directory this layer created, only this layer's entries can exist: a name not
+        // among them needs no removal (one failing unlink saved per file).
+        let parent_path = path.parent().unwrap_or(Path::new(""));
+        if self.fresh_dirs.contains(parent_path) && !self.upper.contains(path) {
+            return Ok(());
+        }
+        self.fresh_dirs.remove(path);
+        let name = path
+            .file_name()
+            .expect("entries below the root have a name");
+        let removed = at::remove_all(parent, name)
+            .with_context(|| format!("removing the existing {}", path.display()))?;
+        if removed {
+            // It may have been a directory or symlink some resolved parent went through.
+            self.parent_cache = None;
+        }
+        Ok(())
     }
 
     fn write_file<R: Read>(
@@ -257,11 +295,21 @@ impl<'a> Applier<'a> {
             .expect("entries below the root have a name");
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let placement = owner::place(meta.uid, meta.gid, self.mapped_ids);
+        // Created with its final permissions where nothing later would change them (the fd is
+        // writable whatever the mode says): a chown, or setuid/setgid/sticky bits, which are
+        // set explicitly after it, need a chmod anyway.
+        let chmod_later = placement.chown.is_some() || meta.mode & 0o7000 != 0;
+        let create_mode = if chmod_later {
+            0o600
+        } else {
+            meta.mode & 0o777
+        };
         let mut file = File::from(openat(
             parent,
             name,
             flags,
-            Mode::from_bits_truncate(0o600),
+            Mode::from_bits_truncate(create_mode),
         )?);
         let expected = entry.size();
         let mut written = 0u64;
@@ -279,12 +327,13 @@ impl<'a> Applier<'a> {
                 written
             );
         }
-        let placement = owner::place(meta.uid, meta.gid, self.mapped_ids);
         if let Some((uid, gid)) = placement.chown {
             fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
         }
-        // After chown, which clears setuid and file capabilities.
-        fchmod(&file, Mode::from_bits_truncate(meta.mode & 0o7777))?;
+        if chmod_later {
+            // After chown, which clears setuid and file capabilities.
+            fchmod(&file, Mode::from_bits_truncate(meta.mode & 0o7777))?;
+        }
         self.set_xattrs(file.as_fd(), path, meta, placement.record)?;
         futimens(&file, &meta.mtime, &meta.mtime)?;
         Ok(())
@@ -297,20 +346,35 @@ impl<'a> Applier<'a> {
         path: &Path,
         meta: Meta,
     ) -> Result<()> {
-        match at::lstat(parent, name)? {
-            Some(st) if at::is_dir(&st) => {}
+        let parent_is_fresh = self
+            .fresh_dirs
+            .contains(path.parent().unwrap_or(Path::new("")));
+        let existing = if parent_is_fresh && !self.upper.contains(path) {
+            None
+        } else {
+            at::lstat(parent, name)?
+        };
+        let created = match existing {
+            Some(st) if at::is_dir(&st) => false,
             Some(_) => {
-                self.replace(parent, name)?;
-                nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?;
+                self.replace(parent, path)?;
+                true
             }
-            None => nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?,
+            None => true,
+        };
+        if created {
+            nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?;
+            self.fresh_dirs.insert(path.to_path_buf());
         }
         let dir = at::open_subdir(parent, name)?;
         let placement = owner::place(meta.uid, meta.gid, self.mapped_ids);
-        // A merged directory takes the entry's owner, even when that is the namespace's root.
-        let (uid, gid) = placement.chown.unwrap_or((0, 0));
-        fchown(&dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
-        if placement.record.is_none() {
+        // A merged directory takes the entry's owner and loses an old owner record, even when
+        // the entry's owner is the namespace's root; a new one is already root's, unrecorded.
+        if placement.chown.is_some() || !created {
+            let (uid, gid) = placement.chown.unwrap_or((0, 0));
+            fchown(&dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+        }
+        if placement.record.is_none() && !created {
             remove_xattr(dir.as_fd(), owner::XATTR)?;
         }
         self.set_xattrs(dir.as_fd(), path, &meta, placement.record)?;
@@ -324,7 +388,10 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn hardlink(&mut self, parent: BorrowedFd, name: &OsStr, target: &Path) -> Result<()> {
+    fn hardlink(&mut self, parent: BorrowedFd, path: &Path, target: &Path) -> Result<()> {
+        let name = path
+            .file_name()
+            .expect("entries below the root have a name");
         let (Some(target_parent), Some(target_name)) = (target.parent(), target.file_name()) else {
             bail!("hardlink to the root directory");
         };
@@ -340,7 +407,7 @@ impl<'a> Applier<'a> {
             if (existing.st_dev, existing.st_ino) == (target_st.st_dev, target_st.st_ino) {
                 return Ok(());
             }
-            self.replace(parent, name)?;
+            self.replace(parent, path)?;
         }
         // Flags 0: the target's last component is linked as is, never followed.
         linkat(
@@ -365,6 +432,7 @@ impl<'a> Applier<'a> {
     /// splits it from its other names there. Those names are linked again to the copy, so the
     /// group stays one inode, as on a plain filesystem (and under the native snapshotter).
     fn rejoin_link_group(&mut self, old: (u64, u64), target: &Path) -> Result<()> {
+        self.parent_cache = None;
         if self.link_groups.is_none() {
             let mut groups = HashMap::new();
             find_link_groups(self.root, Path::new(""), &mut groups)
@@ -461,6 +529,7 @@ impl<'a> Applier<'a> {
     }
 
     fn whiteout(&mut self, target: &Path) -> Result<()> {
+        self.parent_cache = None;
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
             bail!("whiteout of the root directory");
         };
@@ -472,6 +541,7 @@ impl<'a> Applier<'a> {
     }
 
     fn opaque(&mut self, dir: &Path) -> Result<()> {
+        self.parent_cache = None;
         let Some(fd) = existing_dir(self.root, dir)? else {
             return Ok(());
         };
@@ -487,6 +557,7 @@ impl<'a> Applier<'a> {
     fn remove_lower(&self, parent: BorrowedFd, name: &OsStr, path: &Path) -> Result<()> {
         if !self.upper.contains(path) {
             return at::remove_all(parent, name)
+                .map(drop)
                 .with_context(|| format!("removing {}", path.display()));
         }
         match at::lstat(parent, name)? {
