@@ -81,7 +81,7 @@ impl Copier<'_> {
                 mkdirat(to, name.as_os_str(), Mode::from_bits_truncate(0o700))?;
                 let (src, dst) = (at::open_subdir(from, name)?, at::open_subdir(to, name)?);
                 self.copy_children(src.as_fd(), dst.as_fd(), path)?;
-                finish_fd(src.as_fd(), dst.as_fd(), &st)?;
+                finish_fd(src.as_fd(), dst.as_fd(), &st, true)?;
             }
             SFlag::S_IFREG => {
                 let src = File::from(openat(
@@ -95,14 +95,22 @@ impl Copier<'_> {
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC;
+                // Created with its final mode when no chown must come first (files here are
+                // created as the namespace's root; chown would clear setuid bits).
+                let mode_at_create = !needs_chown(&st) && st.st_mode & 0o7000 == 0;
+                let create_mode = if mode_at_create {
+                    st.st_mode & 0o777
+                } else {
+                    0o600
+                };
                 let dst = File::from(openat(
                     to,
                     name.as_os_str(),
                     flags,
-                    Mode::from_bits_truncate(0o600),
+                    Mode::from_bits_truncate(create_mode),
                 )?);
                 copy_contents(&src, &dst, st.st_size as u64)?;
-                finish_fd(src.as_fd(), dst.as_fd(), &st)?;
+                finish_fd(src.as_fd(), dst.as_fd(), &st, !mode_at_create)?;
             }
             SFlag::S_IFLNK => {
                 let target = readlinkat(from, name.as_os_str())?;
@@ -148,13 +156,14 @@ fn copy_contents(src: &File, dst: &File, size: u64) -> Result<()> {
 
 /// Owner, mode, xattrs and times of a copied file or directory, through its fds. Owner first:
 /// chown clears setuid bits and file capabilities.
-fn finish_fd(src: BorrowedFd, dst: BorrowedFd, st: &FileStat) -> Result<()> {
-    fchown(
-        dst,
-        Some(Uid::from_raw(st.st_uid)),
-        Some(Gid::from_raw(st.st_gid)),
-    )?;
-    fchmod(dst, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+fn finish_fd(src: BorrowedFd, dst: BorrowedFd, st: &FileStat, chmod: bool) -> Result<()> {
+    if needs_chown(st) {
+        let (uid, gid) = (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid));
+        fchown(dst, Some(uid), Some(gid))?;
+    }
+    if chmod {
+        fchmod(dst, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+    }
     for (name, value) in at::xattrs(src)? {
         match at::set_xattr(dst, &name, &value) {
             // What could not be set at extraction (trusted.*) cannot be here either.
@@ -167,15 +176,23 @@ fn finish_fd(src: BorrowedFd, dst: BorrowedFd, st: &FileStat) -> Result<()> {
     Ok(())
 }
 
+/// Whether a copy of `st` must change owner: the helper creates everything as its root.
+fn needs_chown(st: &FileStat) -> bool {
+    st.st_uid != 0 || st.st_gid != 0
+}
+
 /// The same for symlinks and FIFOs, by name (neither carries xattrs we could set).
 fn finish_at(dir: BorrowedFd, name: &OsStr, st: &FileStat, mode: Option<Mode>) -> Result<()> {
-    fchownat(
-        dir,
-        name,
-        Some(Uid::from_raw(st.st_uid)),
-        Some(Gid::from_raw(st.st_gid)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    )?;
+    if needs_chown(st) {
+        let (uid, gid) = (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid));
+        fchownat(
+            dir,
+            name,
+            Some(uid),
+            Some(gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+    }
     if let Some(mode) = mode {
         // A FIFO this process just made: no symlink can be there.
         fchmodat(dir, name, mode, FchmodatFlags::FollowSymlink)?;
