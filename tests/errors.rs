@@ -17,44 +17,6 @@ use serde_json::{Value, json};
 // Local helpers
 // ---------------------------------------------------------------------------------------------
 
-/// The hex part of `sha256:<hex>`: how the store names a snapshot.
-fn hex(digest: &str) -> &str {
-    digest
-        .strip_prefix("sha256:")
-        .unwrap_or_else(|| panic!("{digest} is not a sha256 digest"))
-}
-
-fn snapshot_dir(env: &TestEnv, chain_id: &str) -> PathBuf {
-    env.store().join("snapshots").join(hex(chain_id))
-}
-
-/// Names in `dir`, sorted; none when `dir` does not exist.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("{}: {e}", dir.display()),
-    };
-    names.sort();
-    names
-}
-
-/// Committed snapshots (chain ID hex) in the store.
-fn snapshots(env: &TestEnv) -> Vec<String> {
-    names_in(&env.store().join("snapshots"))
-}
-
-/// `.DEST.strata-*` staging directories beside `dest`.
-fn staging_dirs(dest: &Path) -> Vec<String> {
-    let prefix = format!(".{}.strata-", dest.file_name().unwrap().to_string_lossy());
-    names_in(dest.parent().unwrap())
-        .into_iter()
-        .filter(|name| name.starts_with(&prefix))
-        .collect()
-}
-
 /// Asserts that `line` mentions each of `words` (case-insensitively).
 #[track_caller]
 fn assert_mentions(line: &str, words: &[&str]) {

@@ -20,41 +20,9 @@ use serde_json::{Value, json};
 // Local helpers
 // ---------------------------------------------------------------------------------------------
 
-fn hex(digest: &str) -> &str {
-    digest
-        .strip_prefix("sha256:")
-        .unwrap_or_else(|| panic!("{digest} is not a sha256 digest"))
-}
-
-/// Names in `dir`, sorted; none when `dir` does not exist.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("{}: {e}", dir.display()),
-    };
-    names.sort();
-    names
-}
-
-/// Committed snapshots (chain ID hex) in the store at `store`.
-fn snapshots_in(store: &Path) -> Vec<String> {
-    names_in(&store.join("snapshots"))
-}
-
-fn snapshots(env: &TestEnv) -> Vec<String> {
-    snapshots_in(&env.store())
-}
-
 /// What is in the store's `tmp/`: active snapshots or debris.
 fn store_tmp(env: &TestEnv) -> Vec<String> {
     names_in(&env.store().join("tmp"))
-}
-
-fn snapshot_dir(env: &TestEnv, chain_id: &str) -> PathBuf {
-    env.store().join("snapshots").join(hex(chain_id))
 }
 
 /// The chain IDs as sorted hex, as [`snapshots`] lists them.
@@ -62,15 +30,6 @@ fn sorted_hex(chain_ids: &[String]) -> Vec<String> {
     let mut hexes: Vec<String> = chain_ids.iter().map(|c| hex(c).to_owned()).collect();
     hexes.sort();
     hexes
-}
-
-/// `.DEST.strata-*` staging directories beside `dest`.
-fn staging_dirs(dest: &Path) -> Vec<String> {
-    let prefix = format!(".{}.strata-", dest.file_name().unwrap().to_string_lossy());
-    names_in(dest.parent().unwrap())
-        .into_iter()
-        .filter(|name| name.starts_with(&prefix))
-        .collect()
 }
 
 /// The `cached` flag of every layer in a `--json` report.

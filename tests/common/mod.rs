@@ -11,6 +11,8 @@ pub mod idmap;
 #[allow(dead_code)]
 pub mod run;
 #[allow(dead_code)]
+pub mod store;
+#[allow(dead_code)]
 pub mod tree;
 
 #[allow(unused_imports)]
@@ -19,6 +21,8 @@ pub use fixture::*;
 pub use idmap::*;
 #[allow(unused_imports)]
 pub use run::*;
+#[allow(unused_imports)]
+pub use store::*;
 #[allow(unused_imports)]
 pub use tree::*;
 
