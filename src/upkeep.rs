@@ -73,8 +73,7 @@ pub fn forget(store: &Path, image: &str) -> Result<Vec<ImageRecord>> {
         .as_ref()
         .and_then(|r| image::resolve(r, &Platform::host()).ok())
         .map(|resolved| resolved.manifest_digest);
-    let store = open(store)?;
-    let doomed: Vec<ImageRecord> = Store::images(store.root())?
+    let doomed: Vec<ImageRecord> = Store::images(store)?
         .into_iter()
         .filter(|record| {
             Some(&record.manifest) == by_digest.as_ref()
@@ -85,9 +84,11 @@ pub fn forget(store: &Path, image: &str) -> Result<Vec<ImageRecord>> {
     if doomed.is_empty() {
         bail!(
             "no image {image} is recorded in store {} (`strata ls` lists them)",
-            store.root().display()
+            store.display()
         );
     }
+    // Only now the lock (and a helper): a store that records nothing is left alone.
+    let store = open(store)?;
     for record in &doomed {
         store.forget_image(&record.manifest)?;
     }
