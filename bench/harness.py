@@ -96,12 +96,12 @@ class Runner:
         return Run(seconds, maxrss, True, "", out_path)
 
     def sampled(self, argv, interval=0.001):
-        """Runs argv while sampling VmHWM (the kernel's peak-RSS mark, which only grows) of it
-        and of each descendant from /proc, every `interval` seconds. The helper is strata's child
-        and strata reaps it, so wait4 cannot attribute its peak; sampling can. A process's last
-        growth within one interval before it exits can be missed, and so can a process that
-        lives less than an interval; the wait4 maximum over the whole tree is returned too, as a
-        cross-check. Untimed: the sampling costs CPU."""
+        """Runs argv while sampling VmHWM (the kernel's peak-RSS mark, which only grows) and
+        VmRSS of it and of each descendant from /proc, every `interval` seconds. The helper is
+        strata's child and strata reaps it, so wait4 (GNU time) cannot tell its peak from the
+        parent's; sampling can. A process's growth within its last interval can be missed, and so
+        can a process that lives less than an interval; GNU time's %M over the whole run is
+        returned too, as a cross-check. Untimed: the sampling costs CPU."""
         out_path, err_path = self.log_paths()
         rss_path = out_path[:-4] + ".rss"
         peaks = {}  # pid -> [name, max VmHWM kB]
@@ -113,7 +113,9 @@ class Runner:
                 if pid:
                     break
                 now = 0
-                for p in descendants(proc.pid) if self.gnu_time else [proc.pid] + descendants(proc.pid):
+                # Under GNU time, the tool is time's child: time itself is not sampled.
+                tree = descendants(proc.pid) if self.gnu_time else [proc.pid] + descendants(proc.pid)
+                for p in tree:
                     name, hwm, rss = vm_status(p)
                     if hwm is None:
                         continue

@@ -184,7 +184,6 @@ class Model:
     def add_host_tree(self, rel):
         """Adds /rel (sorted walk, no crossing of mount points) to the current layer. Files seen
         before under another name become hardlinks, across layers too."""
-        count = 0
         root = os.path.join(HOST_ROOT, rel)
         for path, st in host_walk(root):
             name = os.path.relpath(path, HOST_ROOT)
@@ -206,10 +205,9 @@ class Model:
                     node = Node("f", mode, st.st_uid, st.st_gid, st.st_size, ("host", path))
                     self.inodes[key] = (node, name, len(self.layers))
                     self.add_if_new(name, node)
-            count += 1
-        return count
 
     def add_if_new(self, path, node):
+        """Host trees may overlap what the layer already has (a tree's top directory)."""
         if path not in self.layer:
             self.add(path, node)
 
@@ -244,7 +242,6 @@ class Model:
 def host_walk(root):
     """(path, lstat) of root and everything below, sorted by name, same filesystem only.
     Sockets, FIFOs and devices are left out (they are not what images are made of)."""
-    S = stat
     if not os.path.isdir(root) or os.path.islink(root):
         return
     dev = os.lstat(root).st_dev
@@ -253,10 +250,10 @@ def host_walk(root):
     while stack:
         path = stack.pop()
         st = os.lstat(path)
-        if not (S.S_ISDIR(st.st_mode) or S.S_ISREG(st.st_mode) or S.S_ISLNK(st.st_mode)):
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
             continue
         out.append((path, st))
-        if S.S_ISDIR(st.st_mode) and st.st_dev == dev:
+        if stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
             try:
                 names = sorted(os.listdir(path), reverse=True)
             except PermissionError:

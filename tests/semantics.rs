@@ -906,6 +906,34 @@ fn lower_directory_not_named_by_a_later_layer_keeps_its_mtime() {
     }
 }
 
+#[test]
+fn hardlink_to_a_lower_link_group_keeps_the_groups_directory_times() {
+    // Through overlayfs the link copies the lower file up and its other names are relinked:
+    // their directory, which the later layer does not name, keeps its time all the same.
+    let env = TestEnv::new();
+    let image = Image::new()
+        .layer(
+            Layer::new()
+                .entry(Entry::dir("group/").mtime(T1))
+                .file("group/original", b"shared", 0o644)
+                .hardlink("group/second", "group/original"),
+        )
+        .layer(
+            Layer::new()
+                .entry(Entry::dir("elsewhere/").mtime(T2))
+                .hardlink("elsewhere/third", "group/original"),
+        )
+        .write(&layout(&env, "img"));
+    for u in unpack_both(&env, &image.path) {
+        assert_linked(
+            &u.tree,
+            &["group/original", "group/second", "elsewhere/third"],
+        );
+        assert_eq!(u.tree.node("group").mtime, mtime(T1));
+        assert_eq!(u.tree.node("elsewhere").mtime, mtime(T2));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Extended attributes
 // ---------------------------------------------------------------------------------------------

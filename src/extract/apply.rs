@@ -461,6 +461,8 @@ impl<'a> Applier<'a> {
                 Some(st) if (st.st_dev, st.st_ino) == old => {}
                 _ => continue,
             }
+            // Relinking touches a directory the layer may not name: its times are kept.
+            self.remember_times(parent, dir.as_fd())?;
             at::remove_all(dir.as_fd(), name)?;
             linkat(
                 target_dir.as_fd(),
