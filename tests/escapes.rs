@@ -15,37 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 // Local helpers
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Store,
-    NoStore,
-}
-
-/// A DEST path no other unpack in this test binary uses. Every DEST name starts with `rootfs`,
-/// which is how [`Watch`] tells DEST from the rest of the scratch dir.
-fn fresh_dest(env: &TestEnv, mode: Mode) -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let label = match mode {
-        Mode::Store => "store",
-        Mode::NoStore => "nostore",
-    };
-    env.dest(&format!("rootfs-{label}-{n}"))
-}
-
-fn run_unpack(env: &TestEnv, mode: Mode, image: &OsStr, dest: &Path) -> Output {
-    match mode {
-        Mode::Store => env.unpack(image, dest),
-        Mode::NoStore => env.strata(args!["unpack", "--no-store", "--json", image, dest]),
-    }
-}
-
 /// Unpacks IMAGE with the store and with `--no-store`; both must succeed. Returns both trees.
 fn unpack_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [Tree; 2] {
     let image = image.as_ref();
     [Mode::Store, Mode::NoStore].map(|mode| {
         let dest = fresh_dest(env, mode);
-        run_unpack(env, mode, image, &dest).success();
+        run_unpack(env, mode, &[], image, &dest).success();
         Tree::scan(&dest)
     })
 }
@@ -56,7 +31,7 @@ fn fail_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [String; 2] {
     let image = image.as_ref();
     [Mode::Store, Mode::NoStore].map(|mode| {
         let dest = fresh_dest(env, mode);
-        let out = run_unpack(env, mode, image, &dest);
+        let out = run_unpack(env, mode, &[], image, &dest);
         let line = out.failure().to_owned();
         assert!(
             fs::symlink_metadata(&dest).is_err(),

@@ -6,24 +6,16 @@ mod common;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
 // Local helpers
 // ---------------------------------------------------------------------------------------------
-
-/// The two ways to run `strata unpack`; both must give the same tree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Store,
-    NoStore,
-}
 
 /// What one successful unpack produced.
 struct Unpacked {
@@ -33,35 +25,9 @@ struct Unpacked {
     report: Value,
 }
 
-/// A DEST path that no other unpack in this test binary uses.
-fn fresh_dest(env: &TestEnv, mode: Mode) -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let label = match mode {
-        Mode::Store => "store",
-        Mode::NoStore => "nostore",
-    };
-    env.dest(&format!("rootfs-{label}-{n}"))
-}
-
 /// A fresh layout directory inside the scratch dir.
 fn layout(env: &TestEnv, name: &str) -> PathBuf {
     env.path().join(name)
-}
-
-fn run_unpack(env: &TestEnv, mode: Mode, extra: &[&str], image: &OsStr, dest: &Path) -> Output {
-    if mode == Mode::Store && extra.is_empty() {
-        return env.unpack(image, dest);
-    }
-    let mut args: Vec<OsString> = vec!["unpack".into()];
-    match mode {
-        Mode::Store => args.extend(["--store".into(), env.store().into_os_string()]),
-        Mode::NoStore => args.push("--no-store".into()),
-    }
-    args.push("--json".into());
-    args.extend(extra.iter().map(OsString::from));
-    args.extend([image.to_owned(), dest.as_os_str().to_owned()]);
-    env.strata(args)
 }
 
 /// Unpacks IMAGE with the store and with `--no-store`; both must succeed with the same tree.

@@ -5,6 +5,8 @@
 //! `dead_code` and `unused_imports` allowances.
 
 #[allow(dead_code)]
+pub mod both;
+#[allow(dead_code)]
 pub mod fixture;
 #[allow(dead_code)]
 pub mod idmap;
@@ -15,6 +17,8 @@ pub mod store;
 #[allow(dead_code)]
 pub mod tree;
 
+#[allow(unused_imports)]
+pub use both::*;
 #[allow(unused_imports)]
 pub use fixture::*;
 #[allow(unused_imports)]
