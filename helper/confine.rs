@@ -140,8 +140,11 @@ pub fn mount_overlay(
     let upper_fds = match upper {
         Some((upper, work)) => {
             let fds = (open(upper)?, open(work)?);
+            // volatile: no syncs reach the upper filesystem, above all not the full syncfs()
+            // that unmounting (our namespace's exit) would do, which costs writing back every
+            // layer so far. strata never syncs a snapshot: commit is a rename, as for DEST.
             options.push_str(&format!(
-                ",upperdir={},workdir={}",
+                ",upperdir={},workdir={},volatile",
                 name(&fds.0),
                 name(&fds.1)
             ));
@@ -193,9 +196,14 @@ pub fn pivot_into(root: &Path) -> Result<()> {
 }
 
 /// Landlock, then capabilities, then no_new_privs and the parent-death signal. `readable` is
-/// the one tree outside the root the helper may read (the snapshot a copy comes from).
-pub fn lock_down(readable: Option<BorrowedFd>, parent: Pid) -> Result<()> {
-    restrict_filesystem(readable)?;
+/// a tree outside the root the helper may read (the snapshot a copy comes from), `writable`
+/// one it may change (DEST, filled along with a snapshot).
+pub fn lock_down(
+    readable: Option<BorrowedFd>,
+    writable: Option<BorrowedFd>,
+    parent: Pid,
+) -> Result<()> {
+    restrict_filesystem(readable, writable)?;
     drop_capabilities()?;
     prctl::set_no_new_privs().context("setting no_new_privs")?;
     // Also set by the parent before exec; set again because credential changes may clear it.
@@ -206,7 +214,7 @@ pub fn lock_down(readable: Option<BorrowedFd>, parent: Pid) -> Result<()> {
     Ok(())
 }
 
-fn restrict_filesystem(readable: Option<BorrowedFd>) -> Result<()> {
+fn restrict_filesystem(readable: Option<BorrowedFd>, writable: Option<BorrowedFd>) -> Result<()> {
     let all = AccessFs::from_all(LANDLOCK_ABI);
     let mut ruleset = Ruleset::default()
         .handle_access(all)?
@@ -215,6 +223,9 @@ fn restrict_filesystem(readable: Option<BorrowedFd>) -> Result<()> {
         .add_rule(PathBeneath::new(PathFd::new("/")?, all))?;
     if let Some(fd) = readable {
         ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::from_read(LANDLOCK_ABI)))?;
+    }
+    if let Some(fd) = writable {
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, all))?;
     }
     let status = ruleset
         .restrict_self()

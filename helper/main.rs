@@ -67,22 +67,36 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
         let upper = Some((overlay.upper.as_path(), overlay.work.as_path()));
         confine::mount_overlay(&request.root, &overlay.lowers, upper)?;
     }
-    // The source of a copy is opened before the pivot hides it; Landlock lets it be read only.
-    let source = match &request.op {
-        Op::Copy { sources } => Some(open_source(sources)?),
-        _ => None,
+    // A tree outside the root is opened before the pivot hides it: the source of a copy,
+    // which Landlock lets the helper read, or a second tree to apply to, which it may write.
+    let (source, second_root) = match &request.op {
+        Op::Copy { sources } => (Some(open_source(sources)?), None),
+        Op::Apply {
+            also_to: Some(dir), ..
+        } => {
+            let fd = tree::open_dir(dir).with_context(|| format!("opening {}", dir.display()))?;
+            (None, Some(fd))
+        }
+        _ => (None, None),
     };
     confine::pivot_into(&request.root)?;
-    confine::lock_down(source.as_ref().map(|fd| fd.as_fd()), parent)?;
+    confine::lock_down(
+        source.as_ref().map(|fd| fd.as_fd()),
+        second_root.as_ref().map(|fd| fd.as_fd()),
+        parent,
+    )?;
     let root = tree::open_dir(Path::new("/")).context("opening the new root")?;
 
     match request.op {
-        Op::Apply { compression } => {
+        Op::Apply { compression, .. } => {
             // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads stdin.
             let stdin = unsafe { File::from_raw_fd(0) };
             let input = BufReader::with_capacity(256 * 1024, stdin);
+            let roots: Vec<_> = std::iter::once(root.as_fd())
+                .chain(second_root.as_ref().map(|fd| fd.as_fd()))
+                .collect();
             let applied =
-                extract::apply_layer(input, compression, root.as_fd(), request.idmap.mapped_ids())?;
+                extract::apply_layer(input, compression, &roots, request.idmap.mapped_ids())?;
             Ok(Reply::Applied(applied))
         }
         Op::Copy { .. } => {

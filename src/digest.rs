@@ -83,41 +83,42 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     chain
 }
 
-/// Hashes and counts every byte read through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
+/// SHA-256 and length of the bytes fed to it.
+#[derive(Clone, Default)]
+pub struct Hasher {
+    sha: Sha256,
     bytes: u64,
 }
 
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
+impl Hasher {
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Reads whatever is left (tar stops at its first end block; the digest covers all bytes).
-    pub fn drain(&mut self) -> io::Result<()> {
-        io::copy(self, &mut io::sink()).map(drop)
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+        self.bytes += bytes.len() as u64;
     }
 
-    pub fn bytes_read(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
     pub fn finish(self) -> (Digest, u64) {
-        (Digest::from_hasher(self.hasher), self.bytes)
+        (Digest::from_hasher(self.sha), self.bytes)
     }
+}
+
+/// Hashes and counts every byte read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
         Ok(n)
     }
 }
@@ -133,7 +134,10 @@ pub struct VerifiedReader<R> {
 impl<R: Read> VerifiedReader<R> {
     pub fn new(inner: R, digest: &Digest, size: u64) -> Self {
         VerifiedReader {
-            inner: HashingReader::new(inner),
+            inner: HashingReader {
+                inner,
+                hasher: Hasher::new(),
+            },
             digest: digest.clone(),
             size,
         }
@@ -152,13 +156,13 @@ impl<R: Read> Read for VerifiedReader<R> {
         // One byte beyond the declared size is enough to know the blob is too long.
         let allowed = self
             .size
-            .saturating_sub(self.inner.bytes_read())
+            .saturating_sub(self.inner.hasher.bytes())
             .saturating_add(1);
         let len = buf
             .len()
             .min(usize::try_from(allowed).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..len])?;
-        let seen = self.inner.bytes_read();
+        let seen = self.inner.hasher.bytes();
         if seen > self.size {
             return Err(self.mismatch(format!(
                 "is larger than the {} bytes its descriptor declares",
@@ -172,7 +176,7 @@ impl<R: Read> Read for VerifiedReader<R> {
                     self.size
                 )));
             }
-            let actual = Digest::from_hasher(self.inner.hasher.clone());
+            let (actual, _) = self.inner.hasher.clone().finish();
             if actual != self.digest {
                 return Err(self.mismatch(format!("does not match its content (digest {actual})")));
             }
@@ -199,9 +203,10 @@ mod tests {
     #[test]
     fn hashes_bytes() {
         assert_eq!(Digest::of_bytes(b"").as_str(), EMPTY);
-        let mut reader = HashingReader::new(&b"abc"[..]);
-        reader.drain().unwrap();
-        let (digest, bytes) = reader.finish();
+        let mut hasher = Hasher::new();
+        hasher.update(b"a");
+        hasher.update(b"bc");
+        let (digest, bytes) = hasher.finish();
         assert_eq!(bytes, 3);
         assert_eq!(
             digest.as_str(),

@@ -45,8 +45,13 @@ pub struct Overlay {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
-    /// Apply the layer on stdin to `root`, with OCI whiteout semantics.
-    Apply { compression: Compression },
+    /// Apply the layer on stdin to `root`, with OCI whiteout semantics; with `also_to`, to
+    /// that directory as well, in the same pass (a store's cold run fills DEST while it fills
+    /// the snapshot, rather than copying it afterwards).
+    Apply {
+        compression: Compression,
+        also_to: Option<PathBuf>,
+    },
     /// Copy a tree into the empty `root`, preserving hardlinks, owners, modes, times and xattrs;
     /// never sharing inodes with the source. The source is `sources[0]`, or with several, the
     /// read-only overlay of them all (top first), as the overlay snapshotter stores an image.

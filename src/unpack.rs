@@ -132,7 +132,7 @@ fn unpack_directly(
             layer,
         });
         let applied = extract(image, index, |compression, blob| {
-            helper.apply(staging.path(), None, compression, blob)
+            helper.apply(staging.path(), None, None, compression, blob)
         })?;
         reports.push(report(layer, chain_id, false, applied.skipped));
     }
@@ -148,6 +148,15 @@ fn unpack_with_store(
 ) -> Result<Vec<LayerReport>> {
     let plan = plan(&diff_ids(image), |chain_id| store.committed(chain_id));
     let count = image.layers.len();
+    // DEST is the committed part of the chain copied, then every missing layer applied to it
+    // in the same pass that fills the layer's snapshot: reading a fresh snapshot back to copy
+    // it would cost as much again as extracting it.
+    if let Some(cached_top) = plan.first_missing.checked_sub(1) {
+        progress(Progress::Copying);
+        helper
+            .copy(&store.layers(&plan.chain_ids[cached_top])?, staging.path())
+            .context("copying the unpacked tree to the destination")?;
+    }
     let mut reports = Vec::with_capacity(count);
     for (index, layer) in image.layers.iter().enumerate() {
         let chain_id = plan.chain_ids[index].clone();
@@ -170,7 +179,7 @@ fn unpack_with_store(
             .prepare(parent)
             .with_context(|| describe(image, index))?;
         let applied = extract(image, index, |compression, blob| {
-            store.apply(&active, parent, compression, blob)
+            store.apply(&active, parent, Some(staging.path()), compression, blob)
         });
         let applied = match applied {
             Ok(applied) => applied,
@@ -188,12 +197,6 @@ fn unpack_with_store(
             .commit(active, &info)
             .with_context(|| describe(image, index))?;
         reports.push(report(layer, chain_id, false, applied.skipped));
-    }
-    if let Some(top) = plan.chain_ids.last() {
-        progress(Progress::Copying);
-        helper
-            .copy(&store.layers(top)?, staging.path())
-            .context("copying the unpacked tree to the destination")?;
     }
     Ok(reports)
 }

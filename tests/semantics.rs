@@ -1,6 +1,6 @@
 //! Layer semantics (DESIGN §5, image-spec layer.md with umoci as the reference): one test per
-//! rule. Every image is unpacked twice, through the store and with `--no-store`, and both paths
-//! must produce the same tree.
+//! rule. Every image is unpacked through the store and with `--no-store`, and again from the
+//! store once it holds every layer: all three must produce the same tree.
 
 mod common;
 use common::*;
@@ -30,7 +30,8 @@ fn layout(env: &TestEnv, name: &str) -> PathBuf {
     env.path().join(name)
 }
 
-/// Unpacks IMAGE with the store and with `--no-store`; both must succeed with the same tree.
+/// Unpacks IMAGE with the store and with `--no-store`, then from the filled store; all must
+/// succeed with the same tree.
 fn unpack_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [Unpacked; 2] {
     unpack_both_with(env, &[], image)
 }
@@ -49,7 +50,15 @@ fn unpack_both_with(env: &TestEnv, extra: &[&str], image: impl AsRef<OsStr>) -> 
             dest,
         }
     });
-    assert_same_tree(&unpacked[0].tree, &unpacked[1].tree);
+    assert_same_tree(
+        ("store", &unpacked[0].tree),
+        ("no-store", &unpacked[1].tree),
+    );
+    // The store run filled DEST along with the snapshots; a second run finds every layer
+    // committed and copies DEST out of the snapshots: the same tree again.
+    let warm = fresh_dest(env, Mode::Store);
+    run_unpack(env, Mode::Store, extra, image, &warm).success();
+    assert_same_tree(("store", &unpacked[0].tree), ("warm", &Tree::scan(&warm)));
     unpacked
 }
 
@@ -112,13 +121,13 @@ fn link_groups(tree: &Tree) -> BTreeSet<Vec<String>> {
 }
 
 #[track_caller]
-fn assert_same_tree(store: &Tree, no_store: &Tree) {
+fn assert_same_tree((a_name, a_tree): (&str, &Tree), (b_name, b_tree): (&str, &Tree)) {
     let describe = |tree: &Tree| -> BTreeMap<String, String> {
         tree.iter()
             .map(|(path, node)| (path.clone(), comparable(node)))
             .collect()
     };
-    let (a, b) = (describe(store), describe(no_store));
+    let (a, b) = (describe(a_tree), describe(b_tree));
     let differences: Vec<String> = a
         .keys()
         .chain(b.keys())
@@ -127,7 +136,7 @@ fn assert_same_tree(store: &Tree, no_store: &Tree) {
         .filter(|path| a.get(*path) != b.get(*path))
         .map(|path| {
             format!(
-                "{path}:\n  store    {:?}\n  no-store {:?}",
+                "{path}:\n  {a_name:8} {:?}\n  {b_name:8} {:?}",
                 a.get(path),
                 b.get(path)
             )
@@ -135,13 +144,13 @@ fn assert_same_tree(store: &Tree, no_store: &Tree) {
         .collect();
     assert!(
         differences.is_empty(),
-        "the store and --no-store trees differ:\n{}",
+        "the {a_name} and {b_name} trees differ:\n{}",
         differences.join("\n")
     );
     assert_eq!(
-        link_groups(store),
-        link_groups(no_store),
-        "hardlinks differ between the store and --no-store trees"
+        link_groups(a_tree),
+        link_groups(b_tree),
+        "hardlinks differ between the {a_name} and {b_name} trees"
     );
 }
 

@@ -101,6 +101,16 @@ pub fn is_stream_error(err: &io::Error) -> bool {
     err.get_ref().is_some_and(|inner| inner.is::<StreamError>())
 }
 
+/// An equal error for another reader of the same stream (io::Error is not Clone).
+pub fn duplicate(err: &io::Error) -> io::Error {
+    let message = err.to_string();
+    if is_stream_error(err) {
+        io::Error::new(err.kind(), StreamError(message))
+    } else {
+        io::Error::new(err.kind(), message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

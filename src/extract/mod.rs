@@ -5,50 +5,77 @@ mod apply;
 mod decompress;
 pub mod owner;
 pub mod path;
+mod stream;
 
-use std::io::{self, BufRead, Read};
+use std::io::BufRead;
 use std::os::fd::BorrowedFd;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::digest::{Digest, HashingReader};
-use crate::protocol::{Applied, Compression};
+use crate::protocol::{Applied, Compression, Skipped};
+use stream::ChunkReader;
 
-/// Decompressed bytes travel between the threads in chunks of this size, at most
-/// `CHUNKS_IN_FLIGHT` at a time: memory stays bounded whatever the layer's size.
-const CHUNK: usize = 256 * 1024;
-const CHUNKS_IN_FLIGHT: usize = 8;
-
-/// Applies the compressed layer `input` to the tree at `root`. `mapped_ids` is how many ids the
-/// caller's user namespace maps from 0; owners beyond them are recorded, not set.
+/// Applies the compressed layer `input` to each tree in `roots` (the first one's account of
+/// it is returned). `mapped_ids` is how many ids the caller's user namespace maps from 0;
+/// owners beyond them are recorded, not set.
 ///
-/// Inflating and hashing run on a second thread, so they overlap with creating files, which on
-/// most disks is the slower half.
+/// Every job has its own thread: inflating, hashing (the diff ID), and applying to each tree;
+/// so creating files, which on most disks is the slower part, overlaps with the rest.
 pub fn apply_layer(
     input: impl BufRead + Send,
     compression: Compression,
-    root: BorrowedFd,
+    roots: &[BorrowedFd],
     mapped_ids: u64,
 ) -> Result<Applied> {
     let decoder = decompress::decoder(input, compression)?;
-    let (sender, receiver) = sync_channel(CHUNKS_IN_FLIGHT);
+    let (to_hasher, hasher_chunks) = stream::channel();
+    let (mut readers, mut trees) = (vec![to_hasher], Vec::new());
+    for &root in roots {
+        let (sender, chunks) = stream::channel();
+        readers.push(sender);
+        trees.push((root, ChunkReader::new(chunks)));
+    }
+    let failed = AtomicBool::new(false);
     thread::scope(|scope| {
-        let inflater = scope.spawn(move || inflate(decoder, sender));
-        let mut stream = ChunkReader {
-            chunks: receiver,
-            chunk: Vec::new(),
-            offset: 0,
-        };
-        let applied = extract(&mut stream, root, mapped_ids);
-        // Dropping the receiver tells the inflater to stop if extraction failed early.
-        drop(stream);
-        let hashed = inflater
+        let inflater = scope.spawn(|| stream::inflate(decoder, readers, &failed));
+        let hasher = scope.spawn(move || stream::hash(hasher_chunks));
+        let appliers: Vec<_> = trees
+            .into_iter()
+            .map(|(root, chunks)| {
+                let failed = &failed;
+                scope.spawn(move || {
+                    let applied = extract(chunks, root, mapped_ids);
+                    // The first failure is the one to report: the others may only be
+                    // the stream stopping short because of it.
+                    let first = applied.is_err() && !failed.swap(true, Ordering::Relaxed);
+                    (applied, first)
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for applier in appliers {
+            results.push(
+                applier
+                    .join()
+                    .map_err(|_| anyhow!("an extraction thread panicked"))?,
+            );
+        }
+        let inflated = inflater
             .join()
-            .map_err(|_| anyhow!("the decompression thread panicked"));
-        let (entries, skipped) = applied?;
-        let (diff_id, bytes) = hashed??;
+            .map_err(|_| anyhow!("the decompression thread panicked"))?;
+        let (diff_id, bytes) = hasher
+            .join()
+            .map_err(|_| anyhow!("the hashing thread panicked"))?;
+        if let Some(index) = results.iter().position(|(_, first)| *first) {
+            results.swap(0, index);
+        }
+        let (entries, skipped) = results.swap_remove(0).0?;
+        for (applied, _) in results {
+            applied?;
+        }
+        inflated?;
         Ok(Applied {
             diff_id,
             entries,
@@ -58,13 +85,9 @@ pub fn apply_layer(
     })
 }
 
-/// Reads the tar stream and applies its entries; then reads to the end of the stream, because
-/// tar stops at its first end block while the diff ID covers every byte.
-fn extract(
-    stream: &mut ChunkReader,
-    root: BorrowedFd,
-    mapped_ids: u64,
-) -> Result<(u64, Vec<crate::protocol::Skipped>)> {
+/// Reads the tar stream and applies its entries. The stream may go on after tar's end block
+/// (the diff ID covers it): the hasher reads that, not this.
+fn extract(stream: ChunkReader, root: BorrowedFd, mapped_ids: u64) -> Result<(u64, Vec<Skipped>)> {
     let mut archive = tar::Archive::new(stream);
     let mut applier = apply::Applier::new(root, mapped_ids);
     let mut entries = 0u64;
@@ -76,84 +99,18 @@ fn extract(
             .with_context(|| format!("entry {name:?}"))?;
         entries += 1;
     }
-    let skipped = applier.finish()?;
-    io::copy(archive.into_inner(), &mut io::sink()).context("reading past the tar end")?;
-    Ok((entries, skipped))
+    Ok((entries, applier.finish()?))
 }
 
 /// A failure to read the next tar header: the decoder's own words when the compressed stream is
 /// at fault, else what tar says, placed in the stream.
-fn header_error(err: io::Error, entries: u64) -> anyhow::Error {
+fn header_error(err: std::io::Error, entries: u64) -> anyhow::Error {
     if decompress::is_stream_error(&err) {
         return err.into();
     }
     match entries {
         0 => anyhow::Error::from(err).context("not a valid tar stream"),
         n => anyhow::Error::from(err).context(format!("reading the tar header after entry {n}")),
-    }
-}
-
-/// The inflater thread: decompresses and hashes everything, passing chunks on. A decoder error
-/// travels down the channel in place of the next chunk.
-fn inflate(
-    decoder: Box<dyn Read + Send + '_>,
-    chunks: SyncSender<io::Result<Vec<u8>>>,
-) -> Result<(Digest, u64)> {
-    let mut stream = HashingReader::new(decoder);
-    loop {
-        let mut chunk = vec![0u8; CHUNK];
-        match read_chunk(&mut stream, &mut chunk) {
-            Ok(0) => return Ok(stream.finish()),
-            Ok(n) => {
-                chunk.truncate(n);
-                if chunks.send(Ok(chunk)).is_err() {
-                    // Extraction gave up; its error is the one to report.
-                    return Ok(stream.finish());
-                }
-            }
-            Err(err) => {
-                let message = err.to_string();
-                let _ = chunks.send(Err(err));
-                return Err(anyhow!(message));
-            }
-        }
-    }
-}
-
-/// Fills `chunk` as far as the stream allows, so chunks are full except the last.
-fn read_chunk(stream: &mut impl Read, chunk: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < chunk.len() {
-        match stream.read(&mut chunk[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// The extraction thread's view of the decompressed stream.
-struct ChunkReader {
-    chunks: Receiver<io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    offset: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.offset == self.chunk.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => (self.chunk, self.offset) = (chunk?, 0),
-                // The inflater is done: end of stream.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.offset);
-        buf[..n].copy_from_slice(&self.chunk[self.offset..self.offset + n]);
-        self.offset += n;
-        Ok(n)
     }
 }
 
@@ -218,7 +175,7 @@ mod tests {
 
     fn apply(root: &Path, entries: &[E]) -> Result<Applied> {
         let dir = fs::File::open(root).unwrap();
-        apply_layer(&tar_of(entries)[..], Compression::None, dir.as_fd(), 1)
+        apply_layer(&tar_of(entries)[..], Compression::None, &[dir.as_fd()], 1)
     }
 
     fn read(path: &Path) -> String {
@@ -355,7 +312,7 @@ mod tests {
         let mut stream = tar_of(&[E::File("f", "x")]);
         stream.extend_from_slice(&[0u8; 4096]);
         let dir = fs::File::open(tmp.path()).unwrap();
-        let applied = apply_layer(&stream[..], Compression::None, dir.as_fd(), 1).unwrap();
+        let applied = apply_layer(&stream[..], Compression::None, &[dir.as_fd()], 1).unwrap();
         assert_eq!(applied.diff_id, crate::digest::Digest::of_bytes(&stream));
         assert_eq!(applied.bytes, stream.len() as u64);
         assert_eq!(applied.entries, 1);

@@ -92,16 +92,22 @@ impl Helper {
     }
 
     /// Applies the layer read from `blob` to `root`, or with `overlay`, to the overlay mounted
-    /// there. An error reading `blob` (a digest or size mismatch, detected while streaming) wins
-    /// over what the helper made of the cut stream.
+    /// there; and to the directory `also_to` in the same pass. An error reading `blob` (a digest
+    /// or size mismatch, detected while streaming) wins over what the helper made of the cut
+    /// stream.
     pub fn apply(
         &self,
         root: &Path,
         overlay: Option<Overlay>,
+        also_to: Option<&Path>,
         compression: Compression,
         blob: &mut dyn Read,
     ) -> Result<Applied> {
-        let request = self.request(root, Op::Apply { compression }, overlay);
+        let op = Op::Apply {
+            compression,
+            also_to: also_to.map(Path::to_path_buf),
+        };
+        let request = self.request(root, op, overlay);
         match self.run(request, Some(blob))? {
             Reply::Applied(applied) => Ok(applied),
             other => Err(anyhow!(

@@ -233,7 +233,13 @@ impl Store {
             let merged = probe.merged();
             Ok(self
                 .helper
-                .apply(&merged, Some(overlay), Compression::None, &mut empty_layer)
+                .apply(
+                    &merged,
+                    Some(overlay),
+                    None,
+                    Compression::None,
+                    &mut empty_layer,
+                )
                 .map(drop))
         })();
         // Part by part: if the helper cannot even start, the parts are empty and need none.
@@ -331,11 +337,13 @@ impl Store {
         Ok(active)
     }
 
-    /// Applies the layer read from `blob` to `active`, prepared on top of `parent`.
+    /// Applies the layer read from `blob` to `active`, prepared on top of `parent`, and in the
+    /// same pass to the tree `also_to` (see [`Helper::apply`]).
     pub fn apply(
         &self,
         active: &Active,
         parent: Option<&Digest>,
+        also_to: Option<&Path>,
         compression: Compression,
         blob: &mut dyn std::io::Read,
     ) -> Result<Applied> {
@@ -346,10 +354,13 @@ impl Store {
                     upper: active.fs(),
                     work: active.work(),
                 };
+                let merged = active.merged();
                 self.helper
-                    .apply(&active.merged(), Some(overlay), compression, blob)
+                    .apply(&merged, Some(overlay), also_to, compression, blob)
             }
-            _ => self.helper.apply(&active.fs(), None, compression, blob),
+            _ => self
+                .helper
+                .apply(&active.fs(), None, also_to, compression, blob),
         }
     }
 
