@@ -1,7 +1,6 @@
-//! Content digests, OCI chain IDs, and readers that hash what flows through them.
+//! Content digests, OCI chain IDs, and checking a blob against its descriptor.
 
 use std::fmt;
-use std::io::{self, Read};
 
 use sha2::{Digest as _, Sha256};
 
@@ -109,79 +108,67 @@ impl Hasher {
     }
 }
 
-/// Hashes and counts every byte read through it.
-struct HashingReader<R> {
-    inner: R,
+/// Checks a blob against its descriptor as its bytes go by: one byte too many fails at once,
+/// and at the end both the size and the digest must match.
+pub struct Verifier {
     hasher: Hasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// Passes a blob through while checking it against its descriptor: reading past `size` fails at
-/// once, and at end of stream both the size and the digest must match.
-pub struct VerifiedReader<R> {
-    inner: HashingReader<R>,
     digest: Digest,
     size: u64,
 }
 
-impl<R: Read> VerifiedReader<R> {
-    pub fn new(inner: R, digest: &Digest, size: u64) -> Self {
-        VerifiedReader {
-            inner: HashingReader {
-                inner,
-                hasher: Hasher::new(),
-            },
+#[derive(Debug, thiserror::Error)]
+#[error("blob {digest} {what}")]
+pub struct BlobMismatch {
+    digest: Digest,
+    what: String,
+}
+
+impl Verifier {
+    pub fn new(digest: &Digest, size: u64) -> Self {
+        Verifier {
+            hasher: Hasher::new(),
             digest: digest.clone(),
             size,
         }
     }
 
-    fn mismatch(&self, what: String) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("blob {} {what}", self.digest),
-        )
-    }
-}
-
-impl<R: Read> Read for VerifiedReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // One byte beyond the declared size is enough to know the blob is too long.
-        let allowed = self
-            .size
-            .saturating_sub(self.inner.hasher.bytes())
-            .saturating_add(1);
-        let len = buf
-            .len()
-            .min(usize::try_from(allowed).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..len])?;
-        let seen = self.inner.hasher.bytes();
-        if seen > self.size {
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), BlobMismatch> {
+        self.hasher.update(bytes);
+        if self.hasher.bytes() > self.size {
             return Err(self.mismatch(format!(
                 "is larger than the {} bytes its descriptor declares",
                 self.size
             )));
         }
-        if n == 0 && len > 0 {
-            if seen != self.size {
-                return Err(self.mismatch(format!(
-                    "has {seen} bytes but its descriptor declares {}",
-                    self.size
-                )));
-            }
-            let (actual, _) = self.inner.hasher.clone().finish();
-            if actual != self.digest {
-                return Err(self.mismatch(format!("does not match its content (digest {actual})")));
-            }
+        Ok(())
+    }
+
+    /// How many more bytes the descriptor allows, plus one to notice a blob that is too long.
+    pub fn wanted(&self) -> u64 {
+        (self.size - self.hasher.bytes()).saturating_add(1)
+    }
+
+    /// At the end of the blob.
+    pub fn finish(self) -> Result<(), BlobMismatch> {
+        let seen = self.hasher.bytes();
+        if seen != self.size {
+            return Err(self.mismatch(format!(
+                "has {seen} bytes but its descriptor declares {}",
+                self.size
+            )));
         }
-        Ok(n)
+        let (actual, _) = self.hasher.clone().finish();
+        if actual != self.digest {
+            return Err(self.mismatch(format!("does not match its content (digest {actual})")));
+        }
+        Ok(())
+    }
+
+    fn mismatch(&self, what: String) -> BlobMismatch {
+        BlobMismatch {
+            digest: self.digest.clone(),
+            what,
+        }
     }
 }
 
@@ -215,33 +202,20 @@ mod tests {
     }
 
     #[test]
-    fn verified_reader_checks_size_and_digest() {
+    fn verifier_checks_size_and_digest() {
         let digest = Digest::of_bytes(b"blob");
-        let read = |data: &[u8], size: u64| {
-            let mut out = Vec::new();
-            VerifiedReader::new(data, &digest, size)
-                .read_to_end(&mut out)
-                .map(|_| out)
+        let check = |data: &[u8], size: u64| {
+            let mut verifier = Verifier::new(&digest, size);
+            for byte in data.chunks(1) {
+                verifier.update(byte)?;
+            }
+            verifier.finish()
         };
-        assert_eq!(read(b"blob", 4).unwrap(), b"blob");
-        assert!(
-            read(b"blob", 3)
-                .unwrap_err()
-                .to_string()
-                .contains("larger than the 3 bytes")
-        );
-        assert!(
-            read(b"blo", 3)
-                .unwrap_err()
-                .to_string()
-                .contains("does not match")
-        );
-        assert!(
-            read(b"blob", 5)
-                .unwrap_err()
-                .to_string()
-                .contains("has 4 bytes")
-        );
+        assert!(check(b"blob", 4).is_ok());
+        let message = |result: Result<(), BlobMismatch>| result.unwrap_err().to_string();
+        assert!(message(check(b"blob", 3)).contains("larger than the 3 bytes"));
+        assert!(message(check(b"blo", 3)).contains("does not match"));
+        assert!(message(check(b"blob", 5)).contains("has 4 bytes"));
     }
 
     #[test]

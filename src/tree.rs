@@ -2,13 +2,15 @@
 //! next one, or to produce DEST) and clearing a directory.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::thread;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, copy_file_range, openat, readlinkat};
 use nix::sys::stat::{
@@ -20,16 +22,52 @@ use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, mkfifoat, symlinkat};
 
 use crate::at;
 
+/// Threads copying at once: reading one tree and writing the other is mostly kernel work,
+/// which spreads over cores.
+const MAX_COPY_THREADS: usize = 4;
+/// Directories waiting for a thread, at most; beyond that a thread copies a subdirectory
+/// itself, so open fds stay bounded (each waiting directory holds two).
+const MAX_WAITING_DIRS: usize = 256;
+
 /// Copies everything inside `source` into the empty directory `dest`: contents (through
 /// `copy_file_range`, which reflinks where the filesystem can), hardlinks as hardlinks within
 /// the copy, owners, modes, times and xattrs. Nothing is shared with `source`, so the copy can
 /// be changed without touching it. Symlinks are copied, never followed.
+///
+/// Threads share the directories still to copy. What needs the rest of the tree in place
+/// comes after, in this thread: files with several names (a later name links to the first
+/// copy), then directory modes and times, deepest first (creating children changes them).
 pub fn copy(source: BorrowedFd, dest: BorrowedFd) -> Result<()> {
-    let mut copier = Copier {
-        dest_root: dest,
-        links: HashMap::new(),
+    let queue = Queue {
+        state: Mutex::new(QueueState {
+            waiting: vec![DirTask {
+                from: source.try_clone_to_owned()?,
+                to: dest.try_clone_to_owned()?,
+                path: PathBuf::new(),
+            }],
+            busy: 0,
+            failure: None,
+        }),
+        changed: Condvar::new(),
     };
-    copier.copy_children(source, dest, Path::new(""))
+    let threads = thread::available_parallelism().map_or(1, |n| n.get().min(MAX_COPY_THREADS));
+    let mut later = Later::default();
+    thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(|| queue.work())).collect();
+        for worker in workers {
+            let found = worker
+                .join()
+                .map_err(|_| anyhow!("a copying thread panicked"))?;
+            later.dirs.extend(found.dirs);
+            later.linked.extend(found.linked);
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    if let Some(err) = queue.state.into_inner().expect("workers are done").failure {
+        return Err(err);
+    }
+    copy_linked(source, dest, later.linked)?;
+    finish_dirs(dest, later.dirs)
 }
 
 /// Removes everything inside `dir`.
@@ -37,95 +75,230 @@ pub fn clear(dir: BorrowedFd) -> Result<()> {
     at::clear(dir).context("removing the tree")
 }
 
-struct Copier<'a> {
-    dest_root: BorrowedFd<'a>,
-    /// Source (dev, ino) of multiply-linked files → their first copy, relative to `dest_root`.
-    links: HashMap<(u64, u64), PathBuf>,
+/// A directory whose contents are still to copy.
+struct DirTask {
+    from: OwnedFd,
+    to: OwnedFd,
+    path: PathBuf,
 }
 
-impl Copier<'_> {
-    fn copy_children(&mut self, from: BorrowedFd, to: BorrowedFd, path: &Path) -> Result<()> {
-        for name in at::list(from).with_context(|| format!("listing {}", shown(path)))? {
-            let child = path.join(&name);
-            self.copy_entry(from, to, &name, &child)
-                .with_context(|| format!("copying {}", child.display()))?;
+struct Queue {
+    state: Mutex<QueueState>,
+    changed: Condvar,
+}
+
+struct QueueState {
+    waiting: Vec<DirTask>,
+    /// Threads copying a directory, which may add more.
+    busy: usize,
+    failure: Option<anyhow::Error>,
+}
+
+/// What a thread left for after the parallel part.
+#[derive(Default)]
+struct Later {
+    /// Directories copied, with their source's metadata and xattrs.
+    dirs: Vec<(PathBuf, FileStat, Xattrs)>,
+    /// Non-directories with more than one name.
+    linked: Vec<(PathBuf, FileStat)>,
+}
+
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+impl Queue {
+    /// A thread's loop: take a directory, copy it, until none is left and none is being
+    /// copied (which could add more), or until a thread failed.
+    fn work(&self) -> Later {
+        let mut later = Later::default();
+        while let Some(task) = self.next() {
+            let result = self.copy_dir(task, &mut later);
+            let mut state = self
+                .state
+                .lock()
+                .expect("no thread panics holding the lock");
+            state.busy -= 1;
+            if let Err(err) = result {
+                state.failure.get_or_insert(err);
+            }
+            self.changed.notify_all();
         }
-        Ok(())
+        later
     }
 
-    fn copy_entry(
-        &mut self,
-        from: BorrowedFd,
-        to: BorrowedFd,
-        name: &OsString,
-        path: &Path,
-    ) -> Result<()> {
-        let Some(st) = at::lstat(from, name)? else {
-            return Ok(());
-        };
-        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-        let mode = Mode::from_bits_truncate(st.st_mode & 0o7777);
-        // Any non-directory may have several names (a hardlink to a symlink links the symlink):
-        // later names link to the first copy.
-        if kind != SFlag::S_IFDIR && st.st_nlink > 1 {
-            let key = (st.st_dev, st.st_ino);
-            if let Some(first) = self.links.get(&key) {
-                let flags = AtFlags::empty();
-                linkat(self.dest_root, first.as_path(), to, name.as_os_str(), flags)?;
-                return Ok(());
+    fn next(&self) -> Option<DirTask> {
+        let mut state = self
+            .state
+            .lock()
+            .expect("no thread panics holding the lock");
+        loop {
+            if state.failure.is_some() {
+                return None;
             }
-            self.links.insert(key, path.to_path_buf());
+            if let Some(task) = state.waiting.pop() {
+                state.busy += 1;
+                return Some(task);
+            }
+            if state.busy == 0 {
+                return None;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .expect("no thread panics holding the lock");
         }
-        match kind {
-            SFlag::S_IFDIR => {
-                mkdirat(to, name.as_os_str(), Mode::from_bits_truncate(0o700))?;
-                let (src, dst) = (at::open_subdir(from, name)?, at::open_subdir(to, name)?);
-                self.copy_children(src.as_fd(), dst.as_fd(), path)?;
-                finish_fd(src.as_fd(), dst.as_fd(), &st, true)?;
-            }
-            SFlag::S_IFREG => {
-                let src = File::from(openat(
-                    from,
-                    name.as_os_str(),
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?);
-                let flags = OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC;
-                // Created with its final mode when no chown must come first (files here are
-                // created as the namespace's root; chown would clear setuid bits).
-                let mode_at_create = !needs_chown(&st) && st.st_mode & 0o7000 == 0;
-                let create_mode = if mode_at_create {
-                    st.st_mode & 0o777
-                } else {
-                    0o600
+    }
+
+    /// Hands `task` to another thread, or returns it when enough are waiting.
+    fn offer(&self, task: DirTask) -> Option<DirTask> {
+        let mut state = self
+            .state
+            .lock()
+            .expect("no thread panics holding the lock");
+        if state.waiting.len() >= MAX_WAITING_DIRS {
+            return Some(task);
+        }
+        state.waiting.push(task);
+        self.changed.notify_one();
+        None
+    }
+
+    fn copy_dir(&self, task: DirTask, later: &mut Later) -> Result<()> {
+        let (from, to) = (task.from.as_fd(), task.to.as_fd());
+        for name in at::list(from).with_context(|| format!("listing {}", shown(&task.path)))? {
+            let path = task.path.join(&name);
+            let subdir = (|| -> Result<Option<DirTask>> {
+                let Some(st) = at::lstat(from, &name)? else {
+                    return Ok(None);
                 };
-                let dst = File::from(openat(
-                    to,
-                    name.as_os_str(),
-                    flags,
-                    Mode::from_bits_truncate(create_mode),
-                )?);
-                copy_contents(&src, &dst, st.st_size as u64)?;
-                finish_fd(src.as_fd(), dst.as_fd(), &st, !mode_at_create)?;
+                if kind(&st) == SFlag::S_IFDIR {
+                    mkdirat(to, name.as_os_str(), Mode::from_bits_truncate(0o700))?;
+                    let subdir = DirTask {
+                        from: at::open_subdir(from, &name)?,
+                        to: at::open_subdir(to, &name)?,
+                        path: path.clone(),
+                    };
+                    later
+                        .dirs
+                        .push((path.clone(), st, at::xattrs(subdir.from.as_fd())?));
+                    return Ok(Some(subdir));
+                }
+                if st.st_nlink > 1 {
+                    later.linked.push((path.clone(), st));
+                } else {
+                    copy_leaf(from, to, &name, &st)?;
+                }
+                Ok(None)
+            })()
+            .with_context(|| format!("copying {}", path.display()))?;
+            if let Some(task) = subdir.and_then(|task| self.offer(task)) {
+                self.copy_dir(task, later)?;
             }
-            SFlag::S_IFLNK => {
-                let target = readlinkat(from, name.as_os_str())?;
-                symlinkat(target.as_os_str(), to, name.as_os_str())?;
-                finish_at(to, name, &st, None)?;
-            }
-            SFlag::S_IFIFO => {
-                mkfifoat(to, name.as_os_str(), Mode::from_bits_truncate(0o600))?;
-                finish_at(to, name, &st, Some(mode))?;
-            }
-            // Snapshots never hold devices or sockets: extraction skips them.
-            _ => {}
         }
         Ok(())
     }
+}
+
+/// Non-directories with several names, in path order: the first name is copied, the others
+/// link to it. (A hardlink to a symlink links the symlink.)
+fn copy_linked(
+    source: BorrowedFd,
+    dest: BorrowedFd,
+    mut linked: Vec<(PathBuf, FileStat)>,
+) -> Result<()> {
+    linked.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut first_copies: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    for (path, st) in linked {
+        (|| -> Result<()> {
+            let (parent, name) = split(&path);
+            let to = at::resolve_dir(dest, parent)?;
+            match first_copies.get(&(st.st_dev, st.st_ino)) {
+                Some(first) => {
+                    linkat(dest, first.as_path(), to.as_fd(), name, AtFlags::empty())?;
+                }
+                None => {
+                    let from = at::resolve_dir(source, parent)?;
+                    copy_leaf(from.as_fd(), to.as_fd(), name, &st)?;
+                    first_copies.insert((st.st_dev, st.st_ino), path.clone());
+                }
+            }
+            Ok(())
+        })()
+        .with_context(|| format!("copying {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Directory owners, modes, xattrs and times, deepest first.
+fn finish_dirs(dest: BorrowedFd, mut dirs: Vec<(PathBuf, FileStat, Xattrs)>) -> Result<()> {
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (path, st, xattrs) in dirs {
+        (|| -> Result<()> {
+            let (parent, name) = split(&path);
+            let dir = at::open_subdir(at::resolve_dir(dest, parent)?.as_fd(), name)?;
+            finish_fd(dir.as_fd(), &st, xattrs, true)
+        })()
+        .with_context(|| format!("copying {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn split(path: &Path) -> (&Path, &OsStr) {
+    let name = path
+        .file_name()
+        .expect("copied paths name something below the root");
+    (path.parent().unwrap_or(Path::new("")), name)
+}
+
+fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+}
+
+/// Copies a file, symlink or FIFO.
+fn copy_leaf(from: BorrowedFd, to: BorrowedFd, name: &OsStr, st: &FileStat) -> Result<()> {
+    match kind(st) {
+        SFlag::S_IFREG => {
+            let src = File::from(openat(
+                from,
+                name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?);
+            let flags = OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC;
+            // Created with its final mode when no chown must come first (files here are
+            // created as the namespace's root; chown would clear setuid bits).
+            let mode_at_create = !needs_chown(st) && st.st_mode & 0o7000 == 0;
+            let create_mode = if mode_at_create {
+                st.st_mode & 0o777
+            } else {
+                0o600
+            };
+            let dst = File::from(openat(
+                to,
+                name,
+                flags,
+                Mode::from_bits_truncate(create_mode),
+            )?);
+            copy_contents(&src, &dst, st.st_size as u64)?;
+            finish_fd(dst.as_fd(), st, at::xattrs(src.as_fd())?, !mode_at_create)?;
+        }
+        SFlag::S_IFLNK => {
+            let target = readlinkat(from, name)?;
+            symlinkat(target.as_os_str(), to, name)?;
+            finish_at(to, name, st, None)?;
+        }
+        SFlag::S_IFIFO => {
+            mkfifoat(to, name, Mode::from_bits_truncate(0o600))?;
+            let mode = Mode::from_bits_truncate(st.st_mode & 0o7777);
+            finish_at(to, name, st, Some(mode))?;
+        }
+        // Snapshots never hold devices or sockets: extraction skips them.
+        _ => {}
+    }
+    Ok(())
 }
 
 fn shown(path: &Path) -> String {
@@ -154,9 +327,9 @@ fn copy_contents(src: &File, dst: &File, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Owner, mode, xattrs and times of a copied file or directory, through its fds. Owner first:
+/// Owner, mode, xattrs and times of a copied file or directory, through its fd. Owner first:
 /// chown clears setuid bits and file capabilities.
-fn finish_fd(src: BorrowedFd, dst: BorrowedFd, st: &FileStat, chmod: bool) -> Result<()> {
+fn finish_fd(dst: BorrowedFd, st: &FileStat, xattrs: Xattrs, chmod: bool) -> Result<()> {
     if needs_chown(st) {
         let (uid, gid) = (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid));
         fchown(dst, Some(uid), Some(gid))?;
@@ -164,7 +337,7 @@ fn finish_fd(src: BorrowedFd, dst: BorrowedFd, st: &FileStat, chmod: bool) -> Re
     if chmod {
         fchmod(dst, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
     }
-    for (name, value) in at::xattrs(src)? {
+    for (name, value) in xattrs {
         match at::set_xattr(dst, &name, &value) {
             // What could not be set at extraction (trusted.*) cannot be here either.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) => {}

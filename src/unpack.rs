@@ -2,18 +2,17 @@
 //! plan by chain ID, extract each missing layer into an active snapshot through the helper,
 //! verify, commit; then produce DEST from the top snapshot.
 
-use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::dest::Staging;
-use crate::digest::{Digest, VerifiedReader};
+use crate::digest::Digest;
 use crate::image::{self, Image, ImageRef, Layer, Platform};
 use crate::plan::plan;
 use crate::protocol::{Applied, Compression, Skipped};
-use crate::sandbox::{Helper, IdMap, IdMapMode};
+use crate::sandbox::{Blob, Helper, IdMap, IdMapMode};
 use crate::store::{ImageRecord, SnapshotInfo, SnapshotterMode, Store, after_cleanup, now};
 
 #[derive(Clone, Debug)]
@@ -201,22 +200,18 @@ fn unpack_with_store(
     Ok(reports)
 }
 
-/// Streams layer `index` to `apply` (a helper applying it somewhere), checking the blob's
-/// digest and size on the way and the diff ID at the end.
+/// Hands layer `index` to `apply` (a helper applying it somewhere), which checks the blob's
+/// digest and size on the way; then checks the diff ID.
 fn extract(
     image: &Image,
     index: usize,
-    apply: impl FnOnce(Compression, &mut dyn Read) -> Result<Applied>,
+    apply: impl FnOnce(Compression, &Blob) -> Result<Applied>,
 ) -> Result<Applied> {
     let layer = &image.layers[index];
     let run = || -> Result<Applied> {
-        let blob = image.layout.open_blob(&layer.digest)?;
-        let mut blob = VerifiedReader::new(
-            BufReader::with_capacity(256 * 1024, blob),
-            &layer.digest,
-            layer.size,
-        );
-        let applied = apply(layer.compression, &mut blob)?;
+        let file = image.layout.open_blob(&layer.digest)?;
+        let blob = Blob::new(file, &layer.digest, layer.size);
+        let applied = apply(layer.compression, &blob)?;
         if applied.diff_id != layer.diff_id {
             bail!(
                 "diff ID mismatch: the config lists {} but the layer decompresses to {}",

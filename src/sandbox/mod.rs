@@ -1,8 +1,10 @@
 //! The parent's side of the helper: find it, start it with a request, install its id maps,
 //! feed it a layer, and turn its one-line reply (or its death) into a result.
 
+mod blob;
 mod idmap;
 
+pub use blob::Blob;
 pub use idmap::{IdMap, IdMapMode, IdRange, subordinate};
 
 use std::io::{self, Read, Write};
@@ -91,17 +93,16 @@ impl Helper {
         }
     }
 
-    /// Applies the layer read from `blob` to `root`, or with `overlay`, to the overlay mounted
-    /// there; and to the directory `also_to` in the same pass. An error reading `blob` (a digest
-    /// or size mismatch, detected while streaming) wins over what the helper made of the cut
-    /// stream.
+    /// Applies the layer `blob` to `root`, or with `overlay`, to the overlay mounted there; and
+    /// to the directory `also_to` in the same pass. An error sending `blob` (a digest or size
+    /// mismatch, detected while streaming) wins over what the helper made of the cut stream.
     pub fn apply(
         &self,
         root: &Path,
         overlay: Option<Overlay>,
         also_to: Option<&Path>,
         compression: Compression,
-        blob: &mut dyn Read,
+        blob: &Blob,
     ) -> Result<Applied> {
         let op = Op::Apply {
             compression,
@@ -155,7 +156,7 @@ impl Helper {
         }
     }
 
-    fn run(&self, request: Request, input: Option<&mut dyn Read>) -> Result<Reply> {
+    fn run(&self, request: Request, input: Option<&Blob>) -> Result<Reply> {
         let (mut results, results_writer) = io::pipe().context("creating the result pipe")?;
         let (control_reader, mut control) = io::pipe().context("creating the control pipe")?;
         let fds = [results_writer.as_raw_fd(), control_reader.as_raw_fd()];
@@ -199,7 +200,7 @@ impl Helper {
         drop(control);
 
         let feed_error = match (input, child.stdin.take()) {
-            (Some(input), Some(mut stdin)) => feed(input, &mut stdin).err(),
+            (Some(blob), Some(mut stdin)) => blob.send(&mut stdin).err(),
             _ => None,
         };
         let mut reply = String::new();
@@ -274,26 +275,6 @@ fn write_id_maps(pid: u32, uids: IdRange, gids: IdRange) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Streams `input` to the helper. The helper quitting early (a broken pipe) is not an error
-/// here: its reply says why, unless the rest of `input` fails verification, which then explains
-/// the helper's failure better (a corrupt blob is first of all a digest mismatch).
-fn feed(input: &mut dyn Read, stdin: &mut impl Write) -> Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        match stdin.write_all(&buf[..n]) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                io::copy(input, &mut io::sink())?;
-                return Ok(());
-            }
-            other => other.context("writing the layer to the helper")?,
-        }
-    }
 }
 
 fn died(status: ExitStatus, stderr: &str) -> String {

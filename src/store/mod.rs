@@ -17,7 +17,9 @@
 
 mod images;
 
+use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File};
+use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +30,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::protocol::{Applied, Compression, Overlay};
-use crate::sandbox::{Helper, IdMap};
+use crate::sandbox::{Blob, Helper, IdMap};
+use crate::{at, tree};
 pub use images::ImageRecord;
 
 /// `STORE/store.json`: what holds for every snapshot in the store.
@@ -229,7 +232,7 @@ impl Store {
                 upper: probe.fs(),
                 work: probe.work(),
             };
-            let mut empty_layer: &[u8] = &[];
+            let empty_layer = Blob::empty()?;
             let merged = probe.merged();
             Ok(self
                 .helper
@@ -238,7 +241,7 @@ impl Store {
                     Some(overlay),
                     None,
                     Compression::None,
-                    &mut empty_layer,
+                    &empty_layer,
                 )
                 .map(drop))
         })();
@@ -345,7 +348,7 @@ impl Store {
         parent: Option<&Digest>,
         also_to: Option<&Path>,
         compression: Compression,
-        blob: &mut dyn std::io::Read,
+        blob: &Blob,
     ) -> Result<Applied> {
         match (self.snapshotter, parent) {
             (Snapshotter::Overlay, Some(parent)) => {
@@ -367,8 +370,13 @@ impl Store {
     /// Publishes `active` under `info.chain_id`. A snapshot another run committed first wins:
     /// both hold the same verified content.
     pub fn commit(&self, active: Active, info: &SnapshotInfo) -> Result<()> {
-        // overlayfs's scratch and mount point are not part of the snapshot.
-        self.helper.remove_dir(&active.work())?;
+        // overlayfs's scratch and mount point are not part of the snapshot. The scratch holds
+        // only directories overlayfs made as the namespace's root, that is, as the user: no
+        // helper is needed to remove them, short of a surprise.
+        let dir = tree::open_dir(&active.dir)?;
+        if at::remove_all(dir.as_fd(), OsStr::new("work")).is_err() {
+            self.helper.remove_dir(&active.work())?;
+        }
         self.helper.remove_dir(&active.merged())?;
         let record = serde_json::to_vec_pretty(info)?;
         fs::write(active.dir.join("info.json"), record).context("writing snapshot info")?;
