@@ -8,9 +8,9 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags, fchmod, fchmodat, futimens, utimensat};
@@ -20,10 +20,12 @@ use tar::EntryType;
 
 use super::owner;
 use super::path::{Action, UpperPaths, classify, normalize};
+use super::writers::{SMALL_FILE, Writers};
 use crate::at;
 use crate::protocol::Skipped;
 
 /// What a tar header says about the file it introduces.
+#[derive(Clone)]
 struct Meta {
     mode: u32,
     uid: u64,
@@ -87,6 +89,11 @@ struct DirMeta {
 
 pub struct Applier<'a> {
     root: BorrowedFd<'a>,
+    writers: &'a Writers,
+    /// Files handed to `writers` since they were last all done.
+    handed_out: HashSet<PathBuf>,
+    /// The number of the entry being applied.
+    entry: u64,
     /// How many ids the current user namespace maps from 0.
     mapped_ids: u64,
     upper: UpperPaths,
@@ -98,17 +105,21 @@ pub struct Applier<'a> {
     /// in them.
     fresh_dirs: HashSet<PathBuf>,
     /// The last entry's parent directory, for the next entry with the same parent.
-    parent_cache: Option<(PathBuf, Rc<OwnedFd>)>,
+    parent_cache: Option<(PathBuf, Arc<OwnedFd>)>,
     /// Hardlink groups of the tree as it was, found the first time a link splits one.
     link_groups: Option<HashMap<(u64, u64), Vec<PathBuf>>>,
-    pub skipped: Vec<Skipped>,
+    /// What could not be reproduced, by entry number.
+    skipped: Vec<(u64, Skipped)>,
     buf: Vec<u8>,
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(root: BorrowedFd<'a>, mapped_ids: u64) -> Self {
+    pub fn new(root: BorrowedFd<'a>, mapped_ids: u64, writers: &'a Writers) -> Self {
         Applier {
             root,
+            writers,
+            handed_out: HashSet::new(),
+            entry: 0,
             mapped_ids,
             upper: UpperPaths::default(),
             dirs: BTreeMap::new(),
@@ -122,6 +133,7 @@ impl<'a> Applier<'a> {
     }
 
     pub fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        self.entry += 1;
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader) {
             return Ok(());
@@ -129,14 +141,27 @@ impl<'a> Applier<'a> {
         let path = normalize(&entry.path_bytes())?;
         match classify(&path)? {
             Action::Create => self.create(&path, kind, entry),
-            Action::Whiteout { target } => self.whiteout(&target),
-            Action::Opaque { dir } => self.opaque(dir),
+            Action::Whiteout { target } => {
+                self.wait_for_writers()?;
+                self.whiteout(&target)
+            }
+            Action::Opaque { dir } => {
+                self.wait_for_writers()?;
+                self.opaque(dir)
+            }
             Action::AufsMeta => Ok(()),
         }
     }
 
+    fn wait_for_writers(&mut self) -> Result<()> {
+        self.handed_out.clear();
+        self.writers.wait()
+    }
+
     /// Sets the deferred directory modes and times, deepest first.
-    pub fn finish(self) -> Result<Vec<Skipped>> {
+    pub fn finish(mut self) -> Result<Vec<Skipped>> {
+        self.handed_out.clear();
+        self.skipped.extend(self.writers.finish()?);
         for (path, meta) in self.dirs.iter().rev() {
             let Some(dir) = self.reopen_dir(path) else {
                 continue;
@@ -156,7 +181,9 @@ impl<'a> Applier<'a> {
             futimens(&dir, atime, mtime)
                 .with_context(|| format!("restoring the times of {}", path.display()))?;
         }
-        Ok(self.skipped)
+        // In entry order, whichever thread found them.
+        self.skipped.sort_by_key(|(entry, _)| *entry);
+        Ok(self.skipped.into_iter().map(|(_, skip)| skip).collect())
     }
 
     /// The directory at `path` as it is now, if it still is one (not the root: its metadata
@@ -181,10 +208,7 @@ impl<'a> Applier<'a> {
     }
 
     fn skip(&mut self, path: &Path, reason: impl Into<String>) {
-        self.skipped.push(Skipped {
-            path: path.display().to_string(),
-            reason: reason.into(),
-        });
+        self.skipped.push((self.entry, skipped(path, reason)));
     }
 
     fn create<R: Read>(
@@ -209,8 +233,17 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         let meta = Meta::read(entry)?;
-        let parent = self.parent_dir(parent_path)?;
-        let parent = parent.as_fd();
+        // Files handed out may still be on their way: wait for them, unless this entry only
+        // adds a name none of them has, in a directory none of them can be.
+        let only_adds = kind != EntryType::Link
+            && self.fresh_dirs.contains(parent_path)
+            && !self.upper.contains(path)
+            && !path.ancestors().any(|dir| self.handed_out.contains(dir));
+        if !only_adds {
+            self.wait_for_writers()?;
+        }
+        let parent_dir = self.parent_dir(parent_path)?;
+        let parent = parent_dir.as_fd();
         self.remember_times(parent_path, parent)?;
         match kind {
             EntryType::Link => {
@@ -222,7 +255,7 @@ impl<'a> Applier<'a> {
             EntryType::Directory => self.make_dir(parent, name, path, meta)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.replace(parent, path)?;
-                self.write_file(parent, path, entry, &meta)?;
+                self.write_file(&parent_dir, path, entry, meta)?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -249,13 +282,13 @@ impl<'a> Applier<'a> {
     /// Removes whatever is at `name`, unless it is a directory that a directory entry merges into.
     /// The directory entries of `path` go into, resolved again unless the previous entry had
     /// the same parent and could not have changed where it resolves to.
-    fn parent_dir(&mut self, path: &Path) -> Result<Rc<OwnedFd>> {
+    fn parent_dir(&mut self, path: &Path) -> Result<Arc<OwnedFd>> {
         if let Some((cached, fd)) = &self.parent_cache
             && cached == path
         {
             return Ok(fd.clone());
         }
-        let fd = Rc::new(
+        let fd = Arc::new(
             at::resolve_dir_creating(self.root, path)
                 .with_context(|| format!("resolving parent directory {}", path.display()))?,
         );
@@ -283,60 +316,55 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Writes a regular file: a small one through the writer threads, a larger one here,
+    /// straight from the stream.
     fn write_file<R: Read>(
         &mut self,
-        parent: BorrowedFd,
+        parent: &Arc<OwnedFd>,
         path: &Path,
         entry: &mut tar::Entry<'_, R>,
-        meta: &Meta,
+        meta: Meta,
     ) -> Result<()> {
-        let name = path
-            .file_name()
-            .expect("entries below the root have a name");
-        let flags =
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let placement = owner::place(meta.uid, meta.gid, self.mapped_ids);
-        // Created with its final permissions where nothing later would change them (the fd is
-        // writable whatever the mode says): a chown, or setuid/setgid/sticky bits, which are
-        // set explicitly after it, need a chmod anyway.
-        let chmod_later = placement.chown.is_some() || meta.mode & 0o7000 != 0;
-        let create_mode = if chmod_later {
-            0o600
-        } else {
-            meta.mode & 0o777
-        };
-        let mut file = File::from(openat(
-            parent,
-            name,
-            flags,
-            Mode::from_bits_truncate(create_mode),
-        )?);
         let expected = entry.size();
-        let mut written = 0u64;
-        loop {
-            let n = entry.read(&mut self.buf)?;
-            if n == 0 {
-                break;
-            }
-            file.write_all(&self.buf[..n])?;
-            written += n as u64;
+        let short = |written: u64| {
+            anyhow!("layer stream ended {written} bytes into a {expected}-byte file")
+        };
+        if expected > SMALL_FILE {
+            let buf = &mut self.buf;
+            let fill = |file: &mut File| -> Result<()> {
+                let mut written = 0u64;
+                loop {
+                    let n = entry.read(buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    file.write_all(&buf[..n])?;
+                    written += n as u64;
+                }
+                if written != expected {
+                    return Err(short(written));
+                }
+                Ok(())
+            };
+            let skipped = create_file(parent.as_fd(), path, &meta, self.mapped_ids, fill)?;
+            self.skipped
+                .extend(skipped.into_iter().map(|skip| (self.entry, skip)));
+            return Ok(());
         }
-        if written != expected {
-            bail!(
-                "layer stream ended {} bytes into a {expected}-byte file",
-                written
-            );
+        let mut data = Vec::with_capacity(expected as usize);
+        entry.read_to_end(&mut data)?;
+        if data.len() as u64 != expected {
+            return Err(short(data.len() as u64));
         }
-        if let Some((uid, gid)) = placement.chown {
-            fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
-        }
-        if chmod_later {
-            // After chown, which clears setuid and file capabilities.
-            fchmod(&file, Mode::from_bits_truncate(meta.mode & 0o7777))?;
-        }
-        self.set_xattrs(file.as_fd(), path, meta, placement.record)?;
-        futimens(&file, &meta.mtime, &meta.mtime)?;
-        Ok(())
+        let (parent, owned_path, mapped_ids) =
+            (parent.clone(), path.to_path_buf(), self.mapped_ids);
+        let entry_name = super::entry_name(entry);
+        let job = move || {
+            let fill = |file: &mut File| Ok(file.write_all(&data)?);
+            create_file(parent.as_fd(), &owned_path, &meta, mapped_ids, fill).context(entry_name)
+        };
+        self.handed_out.insert(path.to_path_buf());
+        self.writers.submit(self.entry, Box::new(job))
     }
 
     fn make_dir(
@@ -377,7 +405,9 @@ impl<'a> Applier<'a> {
         if placement.record.is_none() && !created {
             remove_xattr(dir.as_fd(), owner::XATTR)?;
         }
-        self.set_xattrs(dir.as_fd(), path, &meta, placement.record)?;
+        let skipped = set_xattrs(dir.as_fd(), path, &meta, placement.record)?;
+        self.skipped
+            .extend(skipped.into_iter().map(|skip| (self.entry, skip)));
         self.dirs.insert(
             path.to_path_buf(),
             DirMeta {
@@ -501,35 +531,6 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn set_xattrs(
-        &mut self,
-        fd: BorrowedFd,
-        path: &Path,
-        meta: &Meta,
-        owner_record: Option<Vec<u8>>,
-    ) -> Result<()> {
-        for (key, value) in &meta.xattrs {
-            // `user.overlay.*` would steer overlayfs reading the store's layers (whiteouts,
-            // redirects): an image may not set them, as umoci escapes them.
-            let settable = (key.starts_with(b"user.") && !key.starts_with(b"user.overlay."))
-                || key == b"security.capability";
-            let result = if settable {
-                at::set_xattr(fd, key, value)
-            } else {
-                Err(Errno::EPERM.into())
-            };
-            if let Err(err) = result {
-                let reason = format!("xattr {} not set: {err}", String::from_utf8_lossy(key));
-                self.skip(path, reason);
-            }
-        }
-        if let Some(record) = owner_record {
-            at::set_xattr(fd, owner::XATTR.as_bytes(), &record)
-                .with_context(|| format!("recording the image owner in {}", owner::XATTR))?;
-        }
-        Ok(())
-    }
-
     fn whiteout(&mut self, target: &Path) -> Result<()> {
         self.parent_cache = None;
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
@@ -572,6 +573,86 @@ impl<'a> Applier<'a> {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Creates the regular file `path` (named in `parent`) with `meta`, its contents written by
+/// `fill`. Returns what could not be reproduced.
+fn create_file(
+    parent: BorrowedFd,
+    path: &Path,
+    meta: &Meta,
+    mapped_ids: u64,
+    fill: impl FnOnce(&mut File) -> Result<()>,
+) -> Result<Vec<Skipped>> {
+    let name = path
+        .file_name()
+        .expect("entries below the root have a name");
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let placement = owner::place(meta.uid, meta.gid, mapped_ids);
+    // Created with its final permissions where nothing later would change them (the fd is
+    // writable whatever the mode says): a chown, or setuid/setgid/sticky bits, which are set
+    // explicitly after it, need a chmod anyway.
+    let chmod_later = placement.chown.is_some() || meta.mode & 0o7000 != 0;
+    let create_mode = if chmod_later {
+        0o600
+    } else {
+        meta.mode & 0o777
+    };
+    let mut file = File::from(openat(
+        parent,
+        name,
+        flags,
+        Mode::from_bits_truncate(create_mode),
+    )?);
+    fill(&mut file)?;
+    if let Some((uid, gid)) = placement.chown {
+        fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+    }
+    if chmod_later {
+        // After chown, which clears setuid and file capabilities.
+        fchmod(&file, Mode::from_bits_truncate(meta.mode & 0o7777))?;
+    }
+    let skipped = set_xattrs(file.as_fd(), path, meta, placement.record)?;
+    futimens(&file, &meta.mtime, &meta.mtime)?;
+    Ok(skipped)
+}
+
+/// The entry's xattrs and the owner record; returns those that could not be set.
+fn set_xattrs(
+    fd: BorrowedFd,
+    path: &Path,
+    meta: &Meta,
+    owner_record: Option<Vec<u8>>,
+) -> Result<Vec<Skipped>> {
+    let mut not_set = Vec::new();
+    for (key, value) in &meta.xattrs {
+        // `user.overlay.*` would steer overlayfs reading the store's layers (whiteouts,
+        // redirects): an image may not set them, as umoci escapes them.
+        let settable = (key.starts_with(b"user.") && !key.starts_with(b"user.overlay."))
+            || key == b"security.capability";
+        let result = if settable {
+            at::set_xattr(fd, key, value)
+        } else {
+            Err(Errno::EPERM.into())
+        };
+        if let Err(err) = result {
+            let reason = format!("xattr {} not set: {err}", String::from_utf8_lossy(key));
+            not_set.push(skipped(path, reason));
+        }
+    }
+    if let Some(record) = owner_record {
+        at::set_xattr(fd, owner::XATTR.as_bytes(), &record)
+            .with_context(|| format!("recording the image owner in {}", owner::XATTR))?;
+    }
+    Ok(not_set)
+}
+
+fn skipped(path: &Path, reason: impl Into<String>) -> Skipped {
+    Skipped {
+        path: path.display().to_string(),
+        reason: reason.into(),
     }
 }
 

@@ -6,6 +6,7 @@ mod decompress;
 pub mod owner;
 pub mod path;
 mod stream;
+mod writers;
 
 use std::io::BufRead;
 use std::os::fd::BorrowedFd;
@@ -88,18 +89,29 @@ pub fn apply_layer(
 /// Reads the tar stream and applies its entries. The stream may go on after tar's end block
 /// (the diff ID covers it): the hasher reads that, not this.
 fn extract(stream: ChunkReader, root: BorrowedFd, mapped_ids: u64) -> Result<(u64, Vec<Skipped>)> {
-    let mut archive = tar::Archive::new(stream);
-    let mut applier = apply::Applier::new(root, mapped_ids);
-    let mut entries = 0u64;
-    for entry in archive.entries().context("reading the layer")? {
-        let mut entry = entry.map_err(|err| header_error(err, entries))?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        applier
-            .apply(&mut entry)
-            .with_context(|| format!("entry {name:?}"))?;
-        entries += 1;
-    }
-    Ok((entries, applier.finish()?))
+    thread::scope(|scope| {
+        let writers = writers::Writers::start(scope);
+        let mut archive = tar::Archive::new(stream);
+        let mut applier = apply::Applier::new(root, mapped_ids, &writers);
+        let mut entries = 0u64;
+        for entry in archive.entries().context("reading the layer")? {
+            let mut entry = entry.map_err(|err| header_error(err, entries))?;
+            applier.apply(&mut entry).map_err(|err| {
+                if err.is::<writers::EarlierEntry>() {
+                    err
+                } else {
+                    err.context(entry_name(&entry))
+                }
+            })?;
+            entries += 1;
+        }
+        Ok((entries, applier.finish()?))
+    })
+}
+
+/// How errors name an entry: as the layer spells it.
+pub(crate) fn entry_name<R: std::io::Read>(entry: &tar::Entry<'_, R>) -> String {
+    format!("entry {:?}", String::from_utf8_lossy(&entry.path_bytes()))
 }
 
 /// A failure to read the next tar header: the decoder's own words when the compressed stream is
@@ -303,6 +315,33 @@ mod tests {
             fs::metadata(root.join("d")).unwrap().permissions().mode() & 0o7777,
             0o755
         );
+        assert_eq!(fs::metadata(root.join("d")).unwrap().mtime(), 1_000_000);
+    }
+
+    #[test]
+    fn later_entries_see_files_handed_to_the_writer_threads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let names: Vec<String> = (0..200).map(|i| format!("d/f{i}")).collect();
+        let mut entries = vec![E::Dir("d")];
+        entries.extend(names.iter().map(|name| E::File(name, "small")));
+        entries.extend([
+            E::Hardlink("d/link", "d/f199"),
+            E::File("d/f0", "replaced"),
+            E::Dir("e"),
+            E::File("e/x", "gone with e"),
+            E::File("e", "e is a file now"),
+        ]);
+        apply(root, &entries).unwrap();
+        assert_eq!(fs::read_dir(root.join("d")).unwrap().count(), 201);
+        assert_eq!(read(&root.join("d/f0")), "replaced");
+        assert_eq!(read(&root.join("d/f1")), "small");
+        let (link, target) = (
+            fs::metadata(root.join("d/link")).unwrap(),
+            fs::metadata(root.join("d/f199")).unwrap(),
+        );
+        assert_eq!(link.ino(), target.ino());
+        assert_eq!(read(&root.join("e")), "e is a file now");
         assert_eq!(fs::metadata(root.join("d")).unwrap().mtime(), 1_000_000);
     }
 
