@@ -316,8 +316,8 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Writes a regular file: a small one through the writer threads, a larger one here,
-    /// straight from the stream.
+    /// Writes a regular file: a small one through the writer threads if there are any, a
+    /// larger one here, straight from the stream.
     fn write_file<R: Read>(
         &mut self,
         parent: &Arc<OwnedFd>,
@@ -329,7 +329,7 @@ impl<'a> Applier<'a> {
         let short = |written: u64| {
             anyhow!("layer stream ended {written} bytes into a {expected}-byte file")
         };
-        if expected > SMALL_FILE {
+        if expected > SMALL_FILE || !self.writers.threaded() {
             let buf = &mut self.buf;
             let fill = |file: &mut File| -> Result<()> {
                 let mut written = 0u64;

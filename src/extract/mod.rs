@@ -39,6 +39,9 @@ pub fn apply_layer(
         trees.push((root, ChunkReader::new(chunks)));
     }
     let failed = AtomicBool::new(false);
+    // Small files get threads of their own only when one tree is written: with two, the two
+    // appliers already keep the cores busy, and more threads only add switching and copies.
+    let writer_threads = if roots.len() == 1 { 2 } else { 0 };
     thread::scope(|scope| {
         let inflater = scope.spawn(|| stream::inflate(decoder, readers, &failed));
         let hasher = scope.spawn(move || stream::hash(hasher_chunks));
@@ -47,7 +50,7 @@ pub fn apply_layer(
             .map(|(root, chunks)| {
                 let failed = &failed;
                 scope.spawn(move || {
-                    let applied = extract(chunks, root, mapped_ids);
+                    let applied = extract(chunks, root, mapped_ids, writer_threads);
                     // The first failure is the one to report: the others may only be
                     // the stream stopping short because of it.
                     let first = applied.is_err() && !failed.swap(true, Ordering::Relaxed);
@@ -88,9 +91,14 @@ pub fn apply_layer(
 
 /// Reads the tar stream and applies its entries. The stream may go on after tar's end block
 /// (the diff ID covers it): the hasher reads that, not this.
-fn extract(stream: ChunkReader, root: BorrowedFd, mapped_ids: u64) -> Result<(u64, Vec<Skipped>)> {
+fn extract(
+    stream: ChunkReader,
+    root: BorrowedFd,
+    mapped_ids: u64,
+    writer_threads: usize,
+) -> Result<(u64, Vec<Skipped>)> {
     thread::scope(|scope| {
-        let writers = writers::Writers::start(scope);
+        let writers = writers::Writers::start(scope, writer_threads);
         let mut archive = tar::Archive::new(stream);
         let mut applier = apply::Applier::new(root, mapped_ids, &writers);
         let mut entries = 0u64;

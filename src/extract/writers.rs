@@ -16,7 +16,6 @@ use crate::protocol::Skipped;
 
 /// Files at most this large are handed out; their contents travel with them.
 pub const SMALL_FILE: u64 = 128 * 1024;
-const THREADS: usize = 2;
 /// Files handed out but not yet taken, at most: with [`SMALL_FILE`], memory stays bounded.
 const QUEUED: usize = 32;
 
@@ -30,7 +29,8 @@ pub type Job = Box<dyn FnOnce() -> Result<Vec<Skipped>> + Send>;
 pub struct EarlierEntry(anyhow::Error);
 
 pub struct Writers {
-    jobs: SyncSender<(u64, Job)>,
+    /// `None` without threads: the applier then writes every file itself.
+    jobs: Option<SyncSender<(u64, Job)>>,
     shared: Arc<Shared>,
 }
 
@@ -61,16 +61,22 @@ impl Shared {
 }
 
 impl Writers {
-    /// Starts the threads in `scope`; they end when the `Writers` is dropped.
-    pub fn start<'scope>(scope: &'scope Scope<'scope, '_>) -> Writers {
+    /// Starts `threads` threads in `scope`; they end when the `Writers` is dropped.
+    pub fn start<'scope>(scope: &'scope Scope<'scope, '_>, threads: usize) -> Writers {
+        let shared = Arc::new(Shared::default());
+        if threads == 0 {
+            return Writers { jobs: None, shared };
+        }
         let (jobs, queue) = sync_channel(QUEUED);
         let queue = Arc::new(Mutex::new(queue));
-        let shared = Arc::new(Shared::default());
-        for _ in 0..THREADS {
+        for _ in 0..threads {
             let (queue, shared) = (queue.clone(), shared.clone());
             scope.spawn(move || work(&queue, &shared));
         }
-        Writers { jobs, shared }
+        Writers {
+            jobs: Some(jobs),
+            shared,
+        }
     }
 
     /// Hands out `job` for entry number `entry`. Fails with an earlier job's error.
@@ -83,8 +89,15 @@ impl Writers {
             state.pending += 1;
         }
         self.jobs
+            .as_ref()
+            .expect("files are handed out only to threads")
             .send((entry, job))
             .map_err(|_| anyhow!("the file-writing threads are gone"))
+    }
+
+    /// Whether there are threads to hand files to.
+    pub fn threaded(&self) -> bool {
+        self.jobs.is_some()
     }
 
     /// Waits until every job handed out is done; fails with the first one's error.
