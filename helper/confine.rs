@@ -195,14 +195,11 @@ pub fn pivot_into(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Landlock, then capabilities, then no_new_privs and the parent-death signal. `readable` is
-/// a tree outside the root the helper may read (the snapshot a copy comes from), `writable`
-/// one it may change (DEST, filled along with a snapshot).
-pub fn lock_down(
-    readable: Option<BorrowedFd>,
-    writable: Option<BorrowedFd>,
-    parent: Pid,
-) -> Result<()> {
+/// Landlock, then capabilities, then no_new_privs and the parent-death signal. `readable` are
+/// trees outside the root the helper may read (the snapshot a copy comes from, an overlay's
+/// lower layers), `writable` trees it may change (DEST, filled along with a snapshot; an
+/// overlay's upper directory).
+pub fn lock_down(readable: &[BorrowedFd], writable: &[BorrowedFd], parent: Pid) -> Result<()> {
     restrict_filesystem(readable, writable)?;
     drop_capabilities()?;
     prctl::set_no_new_privs().context("setting no_new_privs")?;
@@ -214,17 +211,17 @@ pub fn lock_down(
     Ok(())
 }
 
-fn restrict_filesystem(readable: Option<BorrowedFd>, writable: Option<BorrowedFd>) -> Result<()> {
+fn restrict_filesystem(readable: &[BorrowedFd], writable: &[BorrowedFd]) -> Result<()> {
     let all = AccessFs::from_all(LANDLOCK_ABI);
     let mut ruleset = Ruleset::default()
         .handle_access(all)?
         .scope(Scope::from_all(LANDLOCK_ABI))?
         .create()?
         .add_rule(PathBeneath::new(PathFd::new("/")?, all))?;
-    if let Some(fd) = readable {
+    for &fd in readable {
         ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::from_read(LANDLOCK_ABI)))?;
     }
-    if let Some(fd) = writable {
+    for &fd in writable {
         ruleset = ruleset.add_rule(PathBeneath::new(fd, all))?;
     }
     let status = ruleset

@@ -67,24 +67,41 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
         let upper = Some((overlay.upper.as_path(), overlay.work.as_path()));
         confine::mount_overlay(&request.root, &overlay.lowers, upper)?;
     }
-    // A tree outside the root is opened before the pivot hides it: the source of a copy,
-    // which Landlock lets the helper read, or a second tree to apply to, which it may write.
+    // Trees outside the root are opened before the pivot hides them: the source of a copy
+    // and the overlay's lower layers, which Landlock lets the helper read; a second tree to
+    // apply to, and the overlay's upper directory, which it may write.
+    let open =
+        |dir: &Path| tree::open_dir(dir).with_context(|| format!("opening {}", dir.display()));
+    let (overlay_upper, overlay_lowers) = match &request.overlay {
+        Some(overlay) => (
+            Some(open(&overlay.upper)?),
+            overlay
+                .lowers
+                .iter()
+                .map(|dir| open(dir))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        None => (None, Vec::new()),
+    };
     let (source, second_root) = match &request.op {
         Op::Copy { sources } => (Some(open_source(sources)?), None),
         Op::Apply {
             also_to: Some(dir), ..
-        } => {
-            let fd = tree::open_dir(dir).with_context(|| format!("opening {}", dir.display()))?;
-            (None, Some(fd))
-        }
+        } => (None, Some(open(dir)?)),
         _ => (None, None),
     };
     confine::pivot_into(&request.root)?;
-    confine::lock_down(
-        source.as_ref().map(|fd| fd.as_fd()),
-        second_root.as_ref().map(|fd| fd.as_fd()),
-        parent,
-    )?;
+    let writable: Vec<_> = [&second_root, &overlay_upper]
+        .into_iter()
+        .flatten()
+        .map(|fd| fd.as_fd())
+        .collect();
+    let readable: Vec<_> = source
+        .iter()
+        .chain(&overlay_lowers)
+        .map(|fd| fd.as_fd())
+        .collect();
+    confine::lock_down(&readable, &writable, parent)?;
     let root = tree::open_dir(Path::new("/")).context("opening the new root")?;
 
     match request.op {
@@ -92,11 +109,21 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
             // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads stdin.
             let stdin = unsafe { File::from_raw_fd(0) };
             let input = BufReader::with_capacity(256 * 1024, stdin);
-            let roots: Vec<_> = std::iter::once(root.as_fd())
-                .chain(second_root.as_ref().map(|fd| fd.as_fd()))
+            let lowers: Vec<_> = overlay_lowers.iter().map(|fd| fd.as_fd()).collect();
+            let main = extract::Tree {
+                root: root.as_fd(),
+                overlay_upper: overlay_upper.as_ref().map(|fd| fd.as_fd()),
+                overlay_lowers: &lowers,
+            };
+            let trees: Vec<_> = std::iter::once(main)
+                .chain(
+                    second_root
+                        .as_ref()
+                        .map(|fd| extract::Tree::plain(fd.as_fd())),
+                )
                 .collect();
             let applied =
-                extract::apply_layer(input, compression, &roots, request.idmap.mapped_ids())?;
+                extract::apply_layer(input, compression, &trees, request.idmap.mapped_ids())?;
             Ok(Reply::Applied(applied))
         }
         Op::Copy { .. } => {

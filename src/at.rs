@@ -19,23 +19,35 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 
 pub type Result<T> = io::Result<T>;
 
-fn in_root(flags: OFlag) -> OpenHow {
-    OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
-        ResolveFlag::RESOLVE_IN_ROOT
-            | ResolveFlag::RESOLVE_NO_MAGICLINKS
-            | ResolveFlag::RESOLVE_NO_XDEV,
-    )
+/// How to open a directory inside `root`, never leaving it (`extra`: further restrictions).
+fn dir_in_root(extra: ResolveFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV
+                | extra,
+        )
 }
 
 /// Opens `path` (relative, already normalised) as a directory, resolving symlinks as if `root`
 /// were `/`. The result is an `O_PATH` fd fit only as the `dirfd` of other `*at` calls.
 pub fn resolve_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
+    open_dir_in_root(root, path, dir_in_root(ResolveFlag::empty()))
+}
+
+/// Like [`resolve_dir`], but only through real directories: a symlink on the way is ELOOP.
+pub fn resolve_real_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
+    open_dir_in_root(root, path, dir_in_root(ResolveFlag::RESOLVE_NO_SYMLINKS))
+}
+
+fn open_dir_in_root(root: BorrowedFd, path: &Path, how: OpenHow) -> Result<OwnedFd> {
     let path = if path.as_os_str().is_empty() {
         Path::new(".")
     } else {
         path
     };
-    let how = in_root(OFlag::O_PATH | OFlag::O_DIRECTORY);
     // With `..` in the walk, the kernel answers EAGAIN when any rename or mount anywhere may
     // have raced with it, rather than risk an escape; the answer is to try again.
     let mut attempts = 0;
@@ -114,6 +126,11 @@ pub fn lstat(dir: BorrowedFd, name: &OsStr) -> Result<Option<FileStat>> {
 
 pub fn is_dir(st: &FileStat) -> bool {
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
+/// An overlayfs whiteout: a character device 0/0.
+pub fn is_whiteout(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR && st.st_rdev == 0
 }
 
 pub fn is_symlink(st: &FileStat) -> bool {

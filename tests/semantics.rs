@@ -909,6 +909,33 @@ fn hardlink_to_a_lower_link_group_keeps_the_groups_directory_times() {
     }
 }
 
+#[test]
+fn hardlink_to_a_link_group_two_layers_down_relinks_only_its_visible_names() {
+    // The group's names are looked for in the layer that holds the file: the one a middle
+    // layer whited out stays gone, and a file of the middle layer is no member.
+    let env = TestEnv::new();
+    let image = Image::new()
+        .layer(
+            Layer::new()
+                .file("group/original", b"shared", 0o644)
+                .hardlink("group/second", "group/original")
+                .hardlink("group/third", "group/original"),
+        )
+        .layer(
+            Layer::new()
+                .whiteout("group/third")
+                .file("group/unrelated", b"other", 0o644),
+        )
+        .layer(Layer::new().hardlink("elsewhere", "group/second"))
+        .write(&layout(&env, "img"));
+    for u in unpack_both(&env, &image.path) {
+        assert_linked(&u.tree, &["group/original", "group/second", "elsewhere"]);
+        assert_absent(&u.tree, "group/third");
+        assert_file(&u.tree, "group/unrelated", b"other");
+        assert_eq!(u.tree.node("group/unrelated").nlink, 1);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Extended attributes
 // ---------------------------------------------------------------------------------------------

@@ -13,11 +13,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags, fchmod, fchmodat, futimens, utimensat};
+use nix::sys::stat::{
+    FchmodatFlags, FileStat, Mode, UtimensatFlags, fchmod, fchmodat, futimens, utimensat,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, mkfifoat, symlinkat};
 use tar::EntryType;
 
+use super::Tree;
 use super::owner;
 use super::path::{Action, UpperPaths, classify, normalize};
 use super::writers::{SMALL_FILE, Writers};
@@ -89,6 +92,9 @@ struct DirMeta {
 
 pub struct Applier<'a> {
     root: BorrowedFd<'a>,
+    /// With `root` an overlay mount: its upper directory, where entries that only add names to
+    /// directories this layer made are created directly (see [`Applier::parent_dir`]).
+    overlay_upper: Option<BorrowedFd<'a>>,
     writers: &'a Writers,
     /// Files handed to `writers` since they were last all done.
     handed_out: HashSet<PathBuf>,
@@ -104,19 +110,25 @@ pub struct Applier<'a> {
     /// Directories this layer created (rather than merged into): nothing of lower layers is
     /// in them.
     fresh_dirs: HashSet<PathBuf>,
-    /// The last entry's parent directory, for the next entry with the same parent.
-    parent_cache: Option<(PathBuf, Arc<OwnedFd>)>,
-    /// Hardlink groups of the tree as it was, found the first time a link splits one.
-    link_groups: Option<HashMap<(u64, u64), Vec<PathBuf>>>,
+    /// The last entry's parent directory (and whether it is the upper one), for the next entry
+    /// with the same parent.
+    parent_cache: Option<(PathBuf, bool, Arc<OwnedFd>)>,
+    /// Through an overlay, the layers below, top first: read directly to find hardlink groups.
+    overlay_lowers: &'a [BorrowedFd<'a>],
+    /// Hardlink groups by inode, found the first time a link splits one: of each lower layer
+    /// read (by its index in `overlay_lowers`), or of the whole tree (`None`).
+    link_groups: HashMap<Option<usize>, LinkGroups>,
     /// What could not be reproduced, by entry number.
     skipped: Vec<(u64, Skipped)>,
     buf: Vec<u8>,
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(root: BorrowedFd<'a>, mapped_ids: u64, writers: &'a Writers) -> Self {
+    pub fn new(tree: Tree<'a>, mapped_ids: u64, writers: &'a Writers) -> Self {
         Applier {
-            root,
+            root: tree.root,
+            overlay_upper: tree.overlay_upper,
+            overlay_lowers: tree.overlay_lowers,
             writers,
             handed_out: HashSet::new(),
             entry: 0,
@@ -126,7 +138,7 @@ impl<'a> Applier<'a> {
             touched: BTreeMap::new(),
             fresh_dirs: HashSet::new(),
             parent_cache: None,
-            link_groups: None,
+            link_groups: HashMap::new(),
             skipped: Vec::new(),
             buf: vec![0; 256 * 1024],
         }
@@ -242,7 +254,9 @@ impl<'a> Applier<'a> {
         if !only_adds {
             self.wait_for_writers()?;
         }
-        let parent_dir = self.parent_dir(parent_path)?;
+        // A link goes where its target is found: through the overlay.
+        let fresh_parent = kind != EntryType::Link && self.fresh_dirs.contains(parent_path);
+        let parent_dir = self.parent_dir(parent_path, fresh_parent)?;
         let parent = parent_dir.as_fd();
         self.remember_times(parent_path, parent)?;
         match kind {
@@ -279,23 +293,36 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Removes whatever is at `name`, unless it is a directory that a directory entry merges into.
     /// The directory entries of `path` go into, resolved again unless the previous entry had
     /// the same parent and could not have changed where it resolves to.
-    fn parent_dir(&mut self, path: &Path) -> Result<Arc<OwnedFd>> {
-        if let Some((cached, fd)) = &self.parent_cache
+    ///
+    /// Through an overlay, a directory this layer made (`fresh`) is a plain directory of the
+    /// upper layer, with nothing of the lower ones in it: what only adds names there is made in
+    /// the upper directory itself, sparing overlayfs's work per file (lookups in every lower
+    /// layer, its own inodes to set up and tear down). Only when the same path leads there
+    /// through real directories alone, so it is the very directory the overlay shows.
+    fn parent_dir(&mut self, path: &Path, fresh: bool) -> Result<Arc<OwnedFd>> {
+        let upper = self.overlay_upper.filter(|_| fresh);
+        if let Some((cached, in_upper, fd)) = &self.parent_cache
             && cached == path
+            && *in_upper == upper.is_some()
         {
             return Ok(fd.clone());
         }
-        let fd = Arc::new(
-            at::resolve_dir_creating(self.root, path)
-                .with_context(|| format!("resolving parent directory {}", path.display()))?,
-        );
-        self.parent_cache = Some((path.to_path_buf(), fd.clone()));
+        let (fd, in_upper) = match upper.map(|upper| at::resolve_real_dir(upper, path)) {
+            Some(Ok(fd)) => (fd, true),
+            _ => {
+                let fd = at::resolve_dir_creating(self.root, path)
+                    .with_context(|| format!("resolving parent directory {}", path.display()))?;
+                (fd, false)
+            }
+        };
+        let fd = Arc::new(fd);
+        self.parent_cache = Some((path.to_path_buf(), in_upper, fd.clone()));
         Ok(fd)
     }
 
+    /// Removes whatever is at `name`, unless it is a directory that a directory entry merges into.
     fn replace(&mut self, parent: BorrowedFd, path: &Path) -> Result<()> {
         // In a directory this layer created, only this layer's entries can exist: a name not
         // among them needs no removal (one failing unlink saved per file).
@@ -463,23 +490,15 @@ impl<'a> Applier<'a> {
     /// group stays one inode, as on a plain filesystem (and under the native snapshotter).
     fn rejoin_link_group(&mut self, old: (u64, u64), target: &Path) -> Result<()> {
         self.parent_cache = None;
-        if self.link_groups.is_none() {
-            let mut groups = HashMap::new();
-            find_link_groups(self.root, Path::new(""), &mut groups)
-                .context("listing the hardlinks of lower layers")?;
-            self.link_groups = Some(groups);
-        }
         let others = self
-            .link_groups
-            .as_ref()
-            .and_then(|groups| groups.get(&old))
-            .cloned();
+            .lower_link_group(old, target)
+            .context("listing the hardlinks of lower layers")?;
         let (target_parent, target_name) = (
             target.parent().unwrap_or(Path::new("")),
             target.file_name().unwrap_or_default(),
         );
         let target_dir = at::resolve_dir(self.root, target_parent)?;
-        for path in others.unwrap_or_default() {
+        for path in others {
             let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
                 continue;
             };
@@ -504,6 +523,48 @@ impl<'a> Applier<'a> {
             .with_context(|| format!("relinking {} to {}", path.display(), target.display()))?;
         }
         Ok(())
+    }
+
+    /// The names that shared the lower file `target` (inode `old` as the tree showed it). They
+    /// are all in the one lower layer that holds the file, where they share its inode: that
+    /// layer alone is read, directly, when it can be told; else the whole tree is.
+    fn lower_link_group(&mut self, old: (u64, u64), target: &Path) -> Result<Vec<PathBuf>> {
+        let (layer, key) = match self.layer_holding(target)? {
+            Some((layer, st)) => (Some(layer), (st.st_dev, st.st_ino)),
+            None => (None, old),
+        };
+        if !self.link_groups.contains_key(&layer) {
+            let dir = layer.map_or(self.root, |index| self.overlay_lowers[index]);
+            let mut groups = HashMap::new();
+            find_link_groups(dir, Path::new(""), &mut groups)?;
+            self.link_groups.insert(layer, groups);
+        }
+        Ok(self.link_groups[&layer]
+            .get(&key)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The lower layer whose file the overlay shows at `target`: the topmost one with an entry
+    /// there (a higher one hiding it would hide it from the overlay too). `None` when that
+    /// cannot be told so simply: no lowers, or a symlink or whiteout on the way.
+    fn layer_holding(&self, target: &Path) -> Result<Option<(usize, FileStat)>> {
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            return Ok(None);
+        };
+        for (index, &layer) in self.overlay_lowers.iter().enumerate() {
+            let dir = match at::resolve_real_dir(layer, parent) {
+                Ok(dir) => dir,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(_) => return Ok(None),
+            };
+            match at::lstat(dir.as_fd(), name)? {
+                None => continue,
+                Some(st) if at::is_dir(&st) || at::is_whiteout(&st) => return Ok(None),
+                Some(st) => return Ok(Some((index, st))),
+            }
+        }
+        Ok(None)
     }
 
     /// Owner, mode (`chmod`: not for symlinks, whose mode means nothing) and times of a
@@ -656,12 +717,11 @@ fn skipped(path: &Path, reason: impl Into<String>) -> Skipped {
     }
 }
 
+/// Paths of multiply-linked files by (device, inode).
+type LinkGroups = HashMap<(u64, u64), Vec<PathBuf>>;
+
 /// Every multiply-linked non-directory below `dir` (at `path`), grouped by inode.
-fn find_link_groups(
-    dir: BorrowedFd,
-    path: &Path,
-    groups: &mut HashMap<(u64, u64), Vec<PathBuf>>,
-) -> Result<()> {
+fn find_link_groups(dir: BorrowedFd, path: &Path, groups: &mut LinkGroups) -> Result<()> {
     for name in at::list(dir)? {
         let Some(st) = at::lstat(dir, &name)? else {
             continue;

@@ -18,8 +18,28 @@ use anyhow::{Context, Result, anyhow};
 use crate::protocol::{Applied, Compression, Skipped};
 use stream::ChunkReader;
 
-/// Applies the compressed layer `input` to each tree in `roots` (the first one's account of
-/// it is returned). `mapped_ids` is how many ids the caller's user namespace maps from 0;
+/// A tree a layer is applied to.
+#[derive(Clone, Copy)]
+pub struct Tree<'a> {
+    pub root: BorrowedFd<'a>,
+    /// With `root` an overlay mount (the overlay snapshotter): its upper directory,
+    pub overlay_upper: Option<BorrowedFd<'a>>,
+    /// and its lower ones, top first.
+    pub overlay_lowers: &'a [BorrowedFd<'a>],
+}
+
+impl<'a> Tree<'a> {
+    pub fn plain(root: BorrowedFd<'a>) -> Self {
+        Tree {
+            root,
+            overlay_upper: None,
+            overlay_lowers: &[],
+        }
+    }
+}
+
+/// Applies the compressed layer `input` to each of `trees` (the first one's account of it is
+/// returned). `mapped_ids` is how many ids the caller's user namespace maps from 0;
 /// owners beyond them are recorded, not set.
 ///
 /// Every job has its own thread: inflating, hashing (the diff ID), and applying to each tree;
@@ -27,30 +47,30 @@ use stream::ChunkReader;
 pub fn apply_layer(
     input: impl BufRead + Send,
     compression: Compression,
-    roots: &[BorrowedFd],
+    trees: &[Tree],
     mapped_ids: u64,
 ) -> Result<Applied> {
     let decoder = decompress::decoder(input, compression)?;
     let (to_hasher, hasher_chunks) = stream::channel();
-    let (mut readers, mut trees) = (vec![to_hasher], Vec::new());
-    for &root in roots {
+    let (mut readers, mut appliers) = (vec![to_hasher], Vec::new());
+    for &tree in trees {
         let (sender, chunks) = stream::channel();
         readers.push(sender);
-        trees.push((root, ChunkReader::new(chunks)));
+        appliers.push((tree, ChunkReader::new(chunks)));
     }
     let failed = AtomicBool::new(false);
     // Small files get threads of their own only when one tree is written: with two, the two
     // appliers already keep the cores busy, and more threads only add switching and copies.
-    let writer_threads = if roots.len() == 1 { 2 } else { 0 };
+    let writer_threads = if trees.len() == 1 { 2 } else { 0 };
     thread::scope(|scope| {
         let inflater = scope.spawn(|| stream::inflate(decoder, readers, &failed));
         let hasher = scope.spawn(move || stream::hash(hasher_chunks));
-        let appliers: Vec<_> = trees
+        let appliers: Vec<_> = appliers
             .into_iter()
-            .map(|(root, chunks)| {
+            .map(|(tree, chunks)| {
                 let failed = &failed;
                 scope.spawn(move || {
-                    let applied = extract(chunks, root, mapped_ids, writer_threads);
+                    let applied = extract(chunks, tree, mapped_ids, writer_threads);
                     // The first failure is the one to report: the others may only be
                     // the stream stopping short because of it.
                     let first = applied.is_err() && !failed.swap(true, Ordering::Relaxed);
@@ -93,14 +113,14 @@ pub fn apply_layer(
 /// (the diff ID covers it): the hasher reads that, not this.
 fn extract(
     stream: ChunkReader,
-    root: BorrowedFd,
+    tree: Tree,
     mapped_ids: u64,
     writer_threads: usize,
 ) -> Result<(u64, Vec<Skipped>)> {
     thread::scope(|scope| {
         let writers = writers::Writers::start(scope, writer_threads);
         let mut archive = tar::Archive::new(stream);
-        let mut applier = apply::Applier::new(root, mapped_ids, &writers);
+        let mut applier = apply::Applier::new(tree, mapped_ids, &writers);
         let mut entries = 0u64;
         for entry in archive.entries().context("reading the layer")? {
             let mut entry = entry.map_err(|err| header_error(err, entries))?;
@@ -195,7 +215,12 @@ mod tests {
 
     fn apply(root: &Path, entries: &[E]) -> Result<Applied> {
         let dir = fs::File::open(root).unwrap();
-        apply_layer(&tar_of(entries)[..], Compression::None, &[dir.as_fd()], 1)
+        apply_layer(
+            &tar_of(entries)[..],
+            Compression::None,
+            &[Tree::plain(dir.as_fd())],
+            1,
+        )
     }
 
     fn read(path: &Path) -> String {
@@ -359,7 +384,13 @@ mod tests {
         let mut stream = tar_of(&[E::File("f", "x")]);
         stream.extend_from_slice(&[0u8; 4096]);
         let dir = fs::File::open(tmp.path()).unwrap();
-        let applied = apply_layer(&stream[..], Compression::None, &[dir.as_fd()], 1).unwrap();
+        let applied = apply_layer(
+            &stream[..],
+            Compression::None,
+            &[Tree::plain(dir.as_fd())],
+            1,
+        )
+        .unwrap();
         assert_eq!(applied.diff_id, crate::digest::Digest::of_bytes(&stream));
         assert_eq!(applied.bytes, stream.len() as u64);
         assert_eq!(applied.entries, 1);
