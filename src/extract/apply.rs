@@ -113,6 +113,9 @@ pub struct Applier<'a> {
     /// The last entry's parent directory (and whether it is the upper one), for the next entry
     /// with the same parent.
     parent_cache: Option<(PathBuf, bool, Arc<OwnedFd>)>,
+    /// Directories whose names overlayfs may have looked up and missed (a whiteout's, a link's):
+    /// a name made there behind its back could stay hidden from it, so none is.
+    overlay_seen: HashSet<PathBuf>,
     /// Through an overlay, the layers below, top first: read directly to find hardlink groups.
     overlay_lowers: &'a [BorrowedFd<'a>],
     /// Hardlink groups by inode, found the first time a link splits one: of each lower layer
@@ -129,6 +132,7 @@ impl<'a> Applier<'a> {
             root: tree.root,
             overlay_upper: tree.overlay_upper,
             overlay_lowers: tree.overlay_lowers,
+            overlay_seen: HashSet::new(),
             writers,
             handed_out: HashSet::new(),
             entry: 0,
@@ -245,20 +249,28 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         let meta = Meta::read(entry)?;
+        let parent_fresh = self.fresh_dirs.contains(parent_path);
+        // A new name in a directory the layer made (a link goes where its target is found).
+        let adds_to_fresh_dir =
+            kind != EntryType::Link && parent_fresh && !self.upper.contains(path);
         // Files handed out may still be on their way: wait for them, unless this entry only
-        // adds a name none of them has, in a directory none of them can be.
-        let only_adds = kind != EntryType::Link
-            && self.fresh_dirs.contains(parent_path)
-            && !self.upper.contains(path)
-            && !path.ancestors().any(|dir| self.handed_out.contains(dir));
-        if !only_adds {
+        // adds a name none of them has, in a directory none of them can be (the previous
+        // entry's parent was checked already).
+        let same_parent = matches!(&self.parent_cache, Some((cached, ..)) if cached == parent_path);
+        let under_handed_out = !same_parent
+            && parent_path
+                .ancestors()
+                .any(|dir| self.handed_out.contains(dir));
+        if !adds_to_fresh_dir || under_handed_out {
             self.wait_for_writers()?;
         }
-        // A link goes where its target is found: through the overlay.
-        let fresh_parent = kind != EntryType::Link && self.fresh_dirs.contains(parent_path);
-        let parent_dir = self.parent_dir(parent_path, fresh_parent)?;
+        let direct = adds_to_fresh_dir && !self.overlay_seen.contains(parent_path);
+        let parent_dir = self.parent_dir(parent_path, direct)?;
         let parent = parent_dir.as_fd();
-        self.remember_times(parent_path, parent)?;
+        // A directory the layer made gets the times its entry names.
+        if !parent_fresh {
+            self.remember_times(parent_path, parent)?;
+        }
         match kind {
             EntryType::Link => {
                 let target = entry
@@ -296,13 +308,15 @@ impl<'a> Applier<'a> {
     /// The directory entries of `path` go into, resolved again unless the previous entry had
     /// the same parent and could not have changed where it resolves to.
     ///
-    /// Through an overlay, a directory this layer made (`fresh`) is a plain directory of the
-    /// upper layer, with nothing of the lower ones in it: what only adds names there is made in
-    /// the upper directory itself, sparing overlayfs's work per file (lookups in every lower
-    /// layer, its own inodes to set up and tear down). Only when the same path leads there
-    /// through real directories alone, so it is the very directory the overlay shows.
-    fn parent_dir(&mut self, path: &Path, fresh: bool) -> Result<Arc<OwnedFd>> {
-        let upper = self.overlay_upper.filter(|_| fresh);
+    /// Through an overlay, a directory this layer made is a plain directory of the upper
+    /// layer, with nothing of the lower ones in it: a new name there (`direct`) is made in the
+    /// upper directory itself, sparing overlayfs's work per file (lookups in every lower layer,
+    /// its own inodes to set up and tear down). Only when the same path leads there through
+    /// real directories alone, so it is the very directory the overlay shows; and only new
+    /// names, which overlayfs has never looked up (see `overlay_seen`), so it has nothing
+    /// cached that the change would make stale.
+    fn parent_dir(&mut self, path: &Path, direct: bool) -> Result<Arc<OwnedFd>> {
+        let upper = self.overlay_upper.filter(|_| direct);
         if let Some((cached, in_upper, fd)) = &self.parent_cache
             && cached == path
             && *in_upper == upper.is_some()
@@ -452,6 +466,9 @@ impl<'a> Applier<'a> {
         let (Some(target_parent), Some(target_name)) = (target.parent(), target.file_name()) else {
             bail!("hardlink to the root directory");
         };
+        let link_parent = path.parent().unwrap_or(Path::new(""));
+        self.overlay_seen
+            .extend([target_parent.to_path_buf(), link_parent.to_path_buf()]);
         let target_dir = at::resolve_dir(self.root, target_parent)
             .with_context(|| format!("hardlink target {} does not exist", target.display()))?;
         let Some(target_st) = at::lstat(target_dir.as_fd(), target_name)? else {
@@ -597,6 +614,7 @@ impl<'a> Applier<'a> {
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
             bail!("whiteout of the root directory");
         };
+        self.overlay_seen.insert(parent.to_path_buf());
         let Some(parent_fd) = existing_dir(self.root, parent)? else {
             return Ok(());
         };
@@ -606,6 +624,7 @@ impl<'a> Applier<'a> {
 
     fn opaque(&mut self, dir: &Path) -> Result<()> {
         self.parent_cache = None;
+        self.overlay_seen.insert(dir.to_path_buf());
         let Some(fd) = existing_dir(self.root, dir)? else {
             return Ok(());
         };
