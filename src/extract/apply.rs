@@ -224,7 +224,14 @@ impl<'a> Applier<'a> {
     }
 
     fn skip(&mut self, path: &Path, reason: impl Into<String>) {
-        self.skipped.push((self.entry, skipped(path, reason)));
+        self.note_skipped(vec![skipped(path, reason)]);
+    }
+
+    /// Files what the current entry could not reproduce under its number.
+    fn note_skipped(&mut self, skipped: Vec<Skipped>) {
+        let entry = self.entry;
+        self.skipped
+            .extend(skipped.into_iter().map(|skip| (entry, skip)));
     }
 
     fn create<R: Read>(
@@ -388,8 +395,7 @@ impl<'a> Applier<'a> {
                 Ok(())
             };
             let skipped = create_file(parent.as_fd(), path, &meta, self.mapped_ids, fill)?;
-            self.skipped
-                .extend(skipped.into_iter().map(|skip| (self.entry, skip)));
+            self.note_skipped(skipped);
             return Ok(());
         }
         let mut data = Vec::with_capacity(expected as usize);
@@ -447,8 +453,7 @@ impl<'a> Applier<'a> {
             remove_xattr(dir.as_fd(), owner::XATTR)?;
         }
         let skipped = set_xattrs(dir.as_fd(), path, &meta, placement.record)?;
-        self.skipped
-            .extend(skipped.into_iter().map(|skip| (self.entry, skip)));
+        self.note_skipped(skipped);
         self.dirs.insert(
             path.to_path_buf(),
             DirMeta {

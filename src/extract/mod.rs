@@ -92,13 +92,11 @@ pub fn apply_layer(
         let (diff_id, bytes) = hasher
             .join()
             .map_err(|_| anyhow!("the hashing thread panicked"))?;
+        // Every failed applier has a failure, and exactly one of them was first.
         if let Some(index) = results.iter().position(|(_, first)| *first) {
-            results.swap(0, index);
+            results.swap_remove(index).0?;
         }
         let (entries, skipped) = results.swap_remove(0).0?;
-        for (applied, _) in results {
-            applied?;
-        }
         inflated?;
         Ok(Applied {
             diff_id,
