@@ -774,6 +774,48 @@ fn mode_0000_directory_is_written_into_by_later_entries_and_layers() {
 }
 
 #[test]
+fn many_directories_below_one_nobody_may_search_all_get_their_modes_and_times() {
+    // Enough directories that the end of the layer fixes them on several threads; the
+    // unsearchable one above them must come last.
+    let env = TestEnv::new();
+    let mut layer = Layer::new()
+        .entry(Entry::dir("locked/").mode(0o000).mtime(T1))
+        .dir("open/", 0o755);
+    for i in 0..600 {
+        let (mode, parent) = if i % 2 == 0 {
+            (0o755, "locked")
+        } else {
+            (0o711, "open")
+        };
+        layer = layer.entry(
+            Entry::dir(format!("{parent}/d{i:03}/"))
+                .mode(mode)
+                .mtime(T2),
+        );
+    }
+    let image = Image::new().layer(layer).write(&layout(&env, "img"));
+    for u in unpack_both(&env, &image.path) {
+        let locked = u.tree.node("locked");
+        assert_eq!((locked.mode, locked.mtime), (0, mtime(T1)));
+        for i in (1..600).step_by(2) {
+            let d = u.tree.node(&format!("open/d{i:03}"));
+            assert_eq!(
+                (d.kind, d.mode, d.mtime),
+                (Kind::Dir, 0o711, mtime(T2)),
+                "d{i:03}"
+            );
+        }
+        // Only root can look inside a mode-000 directory to check.
+        if running_as_root() {
+            for i in (0..600).step_by(2) {
+                let d = u.tree.node(&format!("locked/d{i:03}"));
+                assert_eq!((d.mode, d.mtime), (0o755, mtime(T2)), "d{i:03}");
+            }
+        }
+    }
+}
+
+#[test]
 fn read_only_directory_is_written_into_by_a_later_layer() {
     let env = TestEnv::new();
     let image = Image::new()

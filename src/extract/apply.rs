@@ -1,7 +1,7 @@
 //! Applies tar entries to a root directory with `*at` calls: the syscall half of extraction.
 //! The rules it follows (names, whiteouts, owners) live in the pure modules beside it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -9,6 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
@@ -22,7 +23,7 @@ use tar::EntryType;
 
 use super::Tree;
 use super::owner;
-use super::path::{Action, UpperPaths, classify, normalize};
+use super::path::{Action, PathSet, UpperPaths, classify, normalize};
 use super::writers::{SMALL_FILE, Writers};
 use crate::at;
 use crate::protocol::Skipped;
@@ -90,6 +91,42 @@ struct DirMeta {
     mtime: TimeSpec,
 }
 
+/// Directories below this many are fixed on one thread.
+const DIRS_PER_THREAD: usize = 256;
+
+/// What the end of a layer sets on one directory.
+struct DirFix<'a> {
+    path: &'a Path,
+    /// `None`: the mode is left alone.
+    mode: Option<u32>,
+    times: (TimeSpec, TimeSpec),
+}
+
+impl DirFix<'_> {
+    /// Does nothing if `path` is no longer a directory, or is the root (whose metadata
+    /// belongs to DEST).
+    fn apply(&self, root: BorrowedFd) -> Result<()> {
+        let path = self.path;
+        let Some(dir) = reopen_dir(root, path) else {
+            return Ok(());
+        };
+        if let Some(mode) = self.mode {
+            fchmod(&dir, Mode::from_bits_truncate(mode & 0o7777))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+        }
+        let (atime, mtime) = &self.times;
+        futimens(&dir, atime, mtime)
+            .with_context(|| format!("setting the times of {}", path.display()))?;
+        Ok(())
+    }
+}
+
+fn reopen_dir(root: BorrowedFd, path: &Path) -> Option<OwnedFd> {
+    let (parent, name) = (path.parent()?, path.file_name()?);
+    let parent = at::resolve_dir(root, parent).ok()?;
+    at::open_subdir(parent.as_fd(), name).ok()
+}
+
 pub struct Applier<'a> {
     root: BorrowedFd<'a>,
     /// With `root` an overlay mount: its upper directory, where entries that only add names to
@@ -97,7 +134,7 @@ pub struct Applier<'a> {
     overlay_upper: Option<BorrowedFd<'a>>,
     writers: &'a Writers,
     /// Files handed to `writers` since they were last all done.
-    handed_out: HashSet<PathBuf>,
+    handed_out: PathSet,
     /// The number of the entry being applied.
     entry: u64,
     /// How many ids the current user namespace maps from 0.
@@ -109,13 +146,13 @@ pub struct Applier<'a> {
     touched: BTreeMap<PathBuf, (TimeSpec, TimeSpec)>,
     /// Directories this layer created (rather than merged into): nothing of lower layers is
     /// in them.
-    fresh_dirs: HashSet<PathBuf>,
+    fresh_dirs: PathSet,
     /// The last entry's parent directory (and whether it is the upper one), for the next entry
     /// with the same parent.
     parent_cache: Option<(PathBuf, bool, Arc<OwnedFd>)>,
     /// Directories whose names overlayfs may have looked up and missed (a whiteout's, a link's):
     /// a name made there behind its back could stay hidden from it, so none is.
-    overlay_seen: HashSet<PathBuf>,
+    overlay_seen: PathSet,
     /// Through an overlay, the layers below, top first: read directly to find hardlink groups.
     overlay_lowers: &'a [BorrowedFd<'a>],
     /// Hardlink groups by inode, found the first time a link splits one: of each lower layer
@@ -132,15 +169,15 @@ impl<'a> Applier<'a> {
             root: tree.root,
             overlay_upper: tree.overlay_upper,
             overlay_lowers: tree.overlay_lowers,
-            overlay_seen: HashSet::new(),
+            overlay_seen: PathSet::default(),
             writers,
-            handed_out: HashSet::new(),
+            handed_out: PathSet::default(),
             entry: 0,
             mapped_ids,
             upper: UpperPaths::default(),
             dirs: BTreeMap::new(),
             touched: BTreeMap::new(),
-            fresh_dirs: HashSet::new(),
+            fresh_dirs: PathSet::default(),
             parent_cache: None,
             link_groups: HashMap::new(),
             skipped: Vec::new(),
@@ -174,40 +211,47 @@ impl<'a> Applier<'a> {
         self.writers.wait()
     }
 
-    /// Sets the deferred directory modes and times, deepest first.
+    /// Sets the deferred directory modes and times: the layer's own directories get their
+    /// entries' modes and times, and directories it added to get their times back.
     pub fn finish(mut self) -> Result<Vec<Skipped>> {
         self.handed_out.clear();
         self.skipped.extend(self.writers.finish()?);
-        for (path, meta) in self.dirs.iter().rev() {
-            let Some(dir) = self.reopen_dir(path) else {
-                continue;
-            };
-            fchmod(&dir, Mode::from_bits_truncate(meta.mode & 0o7777))
-                .with_context(|| format!("setting the mode of {}", path.display()))?;
-            futimens(&dir, &meta.mtime, &meta.mtime)
-                .with_context(|| format!("setting the times of {}", path.display()))?;
-        }
-        for (path, (atime, mtime)) in &self.touched {
-            if self.dirs.contains_key(path) {
-                continue;
-            }
-            let Some(dir) = self.reopen_dir(path) else {
-                continue;
-            };
-            futimens(&dir, atime, mtime)
-                .with_context(|| format!("restoring the times of {}", path.display()))?;
-        }
+        let made = self.dirs.iter().map(|(path, meta)| DirFix {
+            path,
+            mode: Some(meta.mode),
+            times: (meta.mtime, meta.mtime),
+        });
+        let added_to = self.touched.iter().filter_map(|(path, &times)| {
+            (!self.dirs.contains_key(path)).then_some(DirFix {
+                path,
+                mode: None,
+                times,
+            })
+        });
+        // Deepest first, so that no directory loses the search permission the path to one
+        // below it needs before that one is done; that matters only where a mode takes
+        // search away from anyone, and the others are spread over threads.
+        let (searchable, deepest_first): (Vec<_>, Vec<_>) = made
+            .chain(added_to)
+            .rev()
+            .partition(|fix| fix.mode.is_none_or(|mode| mode & 0o111 == 0o111));
+        let root = self.root;
+        let threads = thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(searchable.len().div_ceil(DIRS_PER_THREAD))
+            .max(1);
+        thread::scope(|scope| {
+            let done: Vec<_> = searchable
+                .chunks(searchable.len().div_ceil(threads).max(1))
+                .map(|fixes| scope.spawn(move || fixes.iter().try_for_each(|fix| fix.apply(root))))
+                .collect();
+            done.into_iter()
+                .try_for_each(|thread| thread.join().expect("fixing directories does not panic"))
+        })?;
+        deepest_first.iter().try_for_each(|fix| fix.apply(root))?;
         // In entry order, whichever thread found them.
         self.skipped.sort_by_key(|(entry, _)| *entry);
         Ok(self.skipped.into_iter().map(|(_, skip)| skip).collect())
-    }
-
-    /// The directory at `path` as it is now, if it still is one (not the root: its metadata
-    /// belongs to DEST).
-    fn reopen_dir(&self, path: &Path) -> Option<OwnedFd> {
-        let (parent, name) = (path.parent()?, path.file_name()?);
-        let parent = at::resolve_dir(self.root, parent).ok()?;
-        at::open_subdir(parent.as_fd(), name).ok()
     }
 
     /// Notes the times of a directory the layer is about to change, the first time only.
@@ -410,7 +454,7 @@ impl<'a> Applier<'a> {
             let fill = |file: &mut File| Ok(file.write_all(&data)?);
             create_file(parent.as_fd(), &owned_path, &meta, mapped_ids, fill).context(entry_name)
         };
-        self.handed_out.insert(path.to_path_buf());
+        self.handed_out.insert(path);
         self.writers.submit(self.entry, Box::new(job))
     }
 
@@ -439,7 +483,7 @@ impl<'a> Applier<'a> {
         };
         if created {
             nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?;
-            self.fresh_dirs.insert(path.to_path_buf());
+            self.fresh_dirs.insert(path);
         }
         let dir = at::open_subdir(parent, name)?;
         let placement = owner::place(meta.uid, meta.gid, self.mapped_ids);
@@ -472,8 +516,8 @@ impl<'a> Applier<'a> {
             bail!("hardlink to the root directory");
         };
         let link_parent = path.parent().unwrap_or(Path::new(""));
-        self.overlay_seen
-            .extend([target_parent.to_path_buf(), link_parent.to_path_buf()]);
+        self.overlay_seen.insert(target_parent);
+        self.overlay_seen.insert(link_parent);
         let target_dir = at::resolve_dir(self.root, target_parent)
             .with_context(|| format!("hardlink target {} does not exist", target.display()))?;
         let Some(target_st) = at::lstat(target_dir.as_fd(), target_name)? else {
@@ -619,7 +663,7 @@ impl<'a> Applier<'a> {
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
             bail!("whiteout of the root directory");
         };
-        self.overlay_seen.insert(parent.to_path_buf());
+        self.overlay_seen.insert(parent);
         let Some(parent_fd) = existing_dir(self.root, parent)? else {
             return Ok(());
         };
@@ -629,7 +673,7 @@ impl<'a> Applier<'a> {
 
     fn opaque(&mut self, dir: &Path) -> Result<()> {
         self.parent_cache = None;
-        self.overlay_seen.insert(dir.to_path_buf());
+        self.overlay_seen.insert(dir);
         let Some(fd) = existing_dir(self.root, dir)? else {
             return Ok(());
         };

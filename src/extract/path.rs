@@ -2,7 +2,7 @@
 //! wrote (which whiteouts must spare). No syscalls here.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -80,18 +80,43 @@ pub fn classify(path: &Path) -> Result<Action<'_>, NameError> {
     }
 }
 
+/// A set of normalized layer paths, hashed as bytes: std's `Path` hash walks a path in pieces
+/// and SipHash is slow on short keys, and the applier looks up several paths per entry. The
+/// hash is still seeded per process, so a layer cannot pick paths that collide.
+#[derive(Default)]
+pub struct PathSet(HashSet<OsString, foldhash::fast::RandomState>);
+
+impl PathSet {
+    /// Whether `path` was new.
+    pub fn insert(&mut self, path: &Path) -> bool {
+        self.0.insert(path.as_os_str().to_owned())
+    }
+
+    pub fn contains(&self, path: &Path) -> bool {
+        self.0.contains(path.as_os_str())
+    }
+
+    pub fn remove(&mut self, path: &Path) {
+        self.0.remove(path.as_os_str());
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// Paths this layer created, with all their ancestors. A whiteout or opaque marker removes only
 /// what lower layers left: anything in this set survives it (image-spec layer.md: "Files that
 /// are present in the same layer as a whiteout file can only be hidden by whiteout files in
 /// subsequent layers"), and an ancestor is descended into rather than removed whole.
 #[derive(Default)]
-pub struct UpperPaths(HashSet<PathBuf>);
+pub struct UpperPaths(PathSet);
 
 impl UpperPaths {
     pub fn insert(&mut self, path: &Path) {
         let mut current = Some(path);
         while let Some(p) = current {
-            if p.as_os_str().is_empty() || !self.0.insert(p.to_path_buf()) {
+            if p.as_os_str().is_empty() || !self.0.insert(p) {
                 break;
             }
             current = p.parent();

@@ -6,11 +6,11 @@
 //! names in directories the layer made), and waits for every handed-out file ([`Writers::wait`])
 //! before anything that could touch one: removals, links, whiteouts, the end of the layer.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Scope;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 
 use crate::protocol::Skipped;
 
@@ -28,26 +28,34 @@ pub type Job = Box<dyn FnOnce() -> Result<Vec<Skipped>> + Send>;
 #[error(transparent)]
 pub struct EarlierEntry(anyhow::Error);
 
+/// One lock guards everything, and a thread is woken only when it sleeps: a layer hands out
+/// thousands of files, and a wake-up (a context switch) per file would cost more than the
+/// writing it spreads.
 pub struct Writers {
     /// `None` without threads: the applier then writes every file itself.
-    jobs: Option<SyncSender<(u64, Job)>>,
-    shared: Arc<Shared>,
+    shared: Option<Arc<Shared>>,
 }
 
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
-    changed: Condvar,
+    /// Writers sleep here until there is a job, or the pool closes.
+    jobs_queued: Condvar,
+    /// The applier sleeps here until the queue has room, or every job is done.
+    jobs_done: Condvar,
 }
 
 #[derive(Default)]
 struct State {
-    /// Handed out and not finished.
+    queue: VecDeque<(u64, Job)>,
+    /// Queued or running.
     pending: usize,
+    sleeping_writers: usize,
+    applier_sleeping: bool,
     /// The first job's error; later jobs are dropped unrun.
     failure: Option<anyhow::Error>,
-    /// The applier gave up: queued jobs are dropped unrun.
-    abandoned: bool,
+    /// No more jobs will come: writers return once the queue is empty.
+    closed: bool,
     /// What jobs could not reproduce, by entry number.
     skipped: Vec<(u64, Skipped)>,
 }
@@ -58,57 +66,69 @@ impl Shared {
             .lock()
             .expect("no thread panics holding the lock")
     }
+
+    /// The applier sleeps until a writer finds what it waits for may have come.
+    fn applier_sleep<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        state.applier_sleeping = true;
+        let mut state = self
+            .jobs_done
+            .wait(state)
+            .expect("no thread panics holding the lock");
+        state.applier_sleeping = false;
+        state
+    }
 }
 
 impl Writers {
     /// Starts `threads` threads in `scope`; they end when the `Writers` is dropped.
     pub fn start<'scope>(scope: &'scope Scope<'scope, '_>, threads: usize) -> Writers {
-        let shared = Arc::new(Shared::default());
         if threads == 0 {
-            return Writers { jobs: None, shared };
+            return Writers { shared: None };
         }
-        let (jobs, queue) = sync_channel(QUEUED);
-        let queue = Arc::new(Mutex::new(queue));
+        let shared = Arc::new(Shared::default());
         for _ in 0..threads {
-            let (queue, shared) = (queue.clone(), shared.clone());
-            scope.spawn(move || work(&queue, &shared));
+            let shared = shared.clone();
+            scope.spawn(move || work(&shared));
         }
         Writers {
-            jobs: Some(jobs),
-            shared,
+            shared: Some(shared),
         }
     }
 
     /// Hands out `job` for entry number `entry`. Fails with an earlier job's error.
     pub fn submit(&self, entry: u64, job: Job) -> Result<()> {
-        {
-            let mut state = self.shared.lock();
-            if let Some(err) = state.failure.take() {
-                return Err(EarlierEntry(err).into());
-            }
-            state.pending += 1;
-        }
-        self.jobs
+        let shared = self
+            .shared
             .as_ref()
-            .expect("files are handed out only to threads")
-            .send((entry, job))
-            .map_err(|_| anyhow!("the file-writing threads are gone"))
+            .expect("files are handed out only to threads");
+        let mut state = shared.lock();
+        while state.queue.len() >= QUEUED && state.failure.is_none() {
+            state = shared.applier_sleep(state);
+        }
+        if let Some(err) = state.failure.take() {
+            return Err(EarlierEntry(err).into());
+        }
+        state.queue.push_back((entry, job));
+        state.pending += 1;
+        if state.sleeping_writers > 0 {
+            shared.jobs_queued.notify_one();
+        }
+        Ok(())
     }
 
     /// Whether there are threads to hand files to.
     pub fn threaded(&self) -> bool {
-        self.jobs.is_some()
+        self.shared.is_some()
     }
 
     /// Waits until every job handed out is done; fails with the first one's error.
     pub fn wait(&self) -> Result<()> {
-        let mut state = self.shared.lock();
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let mut state = shared.lock();
         while state.pending > 0 {
-            state = self
-                .shared
-                .changed
-                .wait(state)
-                .expect("no thread panics holding the lock");
+            state = shared.applier_sleep(state);
         }
         match state.failure.take() {
             Some(err) => Err(EarlierEntry(err).into()),
@@ -119,31 +139,50 @@ impl Writers {
     /// Waits for every job; returns what they could not reproduce, by entry number.
     pub fn finish(&self) -> Result<Vec<(u64, Skipped)>> {
         self.wait()?;
-        Ok(std::mem::take(&mut self.shared.lock().skipped))
+        Ok(match &self.shared {
+            Some(shared) => std::mem::take(&mut shared.lock().skipped),
+            None => Vec::new(),
+        })
     }
 }
 
 impl Drop for Writers {
+    /// Jobs still queued (the applier gave up) are dropped unrun.
     fn drop(&mut self) {
-        self.shared.lock().abandoned = true;
+        if let Some(shared) = &self.shared {
+            let mut state = shared.lock();
+            state.closed = true;
+            state.pending -= state.queue.len();
+            state.queue.clear();
+            shared.jobs_queued.notify_all();
+        }
     }
 }
 
-fn work(queue: &Mutex<Receiver<(u64, Job)>>, shared: &Shared) {
+fn work(shared: &Shared) {
+    let mut state = shared.lock();
     loop {
-        let next = queue
-            .lock()
-            .expect("no thread panics holding the lock")
-            .recv();
-        let Ok((entry, job)) = next else {
-            return;
+        let Some((entry, job)) = state.queue.pop_front() else {
+            if state.closed {
+                return;
+            }
+            state.sleeping_writers += 1;
+            state = shared
+                .jobs_queued
+                .wait(state)
+                .expect("no thread panics holding the lock");
+            state.sleeping_writers -= 1;
+            continue;
         };
-        let run = {
-            let state = shared.lock();
-            state.failure.is_none() && !state.abandoned
+        let result = match state.failure {
+            None => {
+                drop(state);
+                let result = job();
+                state = shared.lock();
+                result
+            }
+            Some(_) => Ok(Vec::new()),
         };
-        let result = if run { job() } else { Ok(Vec::new()) };
-        let mut state = shared.lock();
         match result {
             Ok(skipped) => state
                 .skipped
@@ -153,6 +192,12 @@ fn work(queue: &Mutex<Receiver<(u64, Job)>>, shared: &Shared) {
             }
         }
         state.pending -= 1;
-        shared.changed.notify_all();
+        // Woken at half a queue, the applier hands out files for a while before it sleeps
+        // again.
+        let wanted =
+            state.pending == 0 || state.queue.len() <= QUEUED / 2 || state.failure.is_some();
+        if state.applier_sleeping && wanted {
+            shared.jobs_done.notify_one();
+        }
     }
 }

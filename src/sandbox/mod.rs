@@ -245,20 +245,30 @@ fn install_fds(fds: [i32; 2]) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs `newuidmap` and `newgidmap` for the helper `pid`: container 0 is the user, 1..=N the
-/// subordinate range. Their exit status is checked (youki's is not).
+/// Runs `newuidmap` and `newgidmap` for the helper `pid`, side by side (each is a setuid
+/// program that takes milliseconds to start): container 0 is the user, 1..=N the subordinate
+/// range. Their exit status is checked (youki's is not).
 fn write_id_maps(pid: u32, uids: IdRange, gids: IdRange) -> Result<()> {
     let (uid, gid) = (
         nix::unistd::getuid().as_raw(),
         nix::unistd::getgid().as_raw(),
     );
+    let mut running = Vec::new();
     for (tool, own, range) in [("newuidmap", uid, uids), ("newgidmap", gid, gids)] {
         let args = [pid, 0, own, 1, 1, range.start, range.count].map(|n| n.to_string());
-        let output = Command::new(tool)
+        let child = Command::new(tool)
             .args(&args)
             .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {tool}"))?;
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {tool}"));
+        running.push((tool, args, child));
+    }
+    for (tool, args, child) in running {
+        let output = child?
+            .wait_with_output()
+            .with_context(|| format!("waiting for {tool}"))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let why = stderr
