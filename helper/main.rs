@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use nix::unistd::getppid;
+use strata::extract::NeedsLowers;
 use strata::protocol::{CONTROL_FD, Op, RESULT_FD, Reply, Request};
 use strata::{extract, tree};
 
@@ -25,8 +26,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let reply = run(&mut results, control).unwrap_or_else(|err| Reply::Error {
-        error: format!("{err:#}"),
+    let reply = run(&mut results, control).unwrap_or_else(|err| {
+        match err
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<NeedsLowers>())
+        {
+            Some(NeedsLowers(why)) => Reply::NeedsLowers {
+                needs_lowers: why.clone(),
+            },
+            None => Reply::Error {
+                error: format!("{err:#}"),
+            },
+        }
     });
     let failed = matches!(reply, Reply::Error { .. });
     let mut line = serde_json::to_vec(&reply).expect("replies serialize");
@@ -105,7 +116,11 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
     let root = tree::open_dir(Path::new("/")).context("opening the new root")?;
 
     match request.op {
-        Op::Apply { compression, .. } => {
+        Op::Apply {
+            compression,
+            parentless,
+            ..
+        } => {
             // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads stdin.
             let stdin = unsafe { File::from_raw_fd(0) };
             let input = BufReader::with_capacity(256 * 1024, stdin);
@@ -114,6 +129,7 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
                 root: root.as_fd(),
                 overlay_upper: overlay_upper.as_ref().map(|fd| fd.as_fd()),
                 overlay_lowers: &lowers,
+                parentless,
             };
             let trees: Vec<_> = std::iter::once(main)
                 .chain(

@@ -48,9 +48,18 @@ pub enum Op {
     /// Apply the layer on stdin to `root`, with OCI whiteout semantics; with `also_to`, to
     /// that directory as well, in the same pass (a store's cold run fills DEST while it fills
     /// the snapshot, rather than copying it afterwards).
+    ///
+    /// `parentless`: `root` is an overlay snapshot's own directory, written while the layers
+    /// below it are not mounted (so that layers can be extracted side by side). What the
+    /// layer removes is recorded as overlayfs records it, as whiteout devices and opaque
+    /// directories; an entry whose result depends on the layers below (a hardlink to their
+    /// file, an entry in a directory the layer does not make) stops the helper with
+    /// [`Reply::NeedsLowers`].
     Apply {
         compression: Compression,
         also_to: Option<PathBuf>,
+        #[serde(default)]
+        parentless: bool,
     },
     /// Copy a tree into the empty `root`, preserving hardlinks, owners, modes, times and xattrs;
     /// never sharing inodes with the source. The source is `sources[0]`, or with several, the
@@ -91,7 +100,15 @@ pub struct Applied {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
-    Error { error: String },
+    Error {
+        error: String,
+    },
     Applied(Applied),
-    Done { done: bool },
+    Done {
+        done: bool,
+    },
+    /// A `parentless` apply met an entry that needs the layers below; it says which.
+    NeedsLowers {
+        needs_lowers: String,
+    },
 }

@@ -1,19 +1,25 @@
 //! The unpack pipeline: the seed's `ApplyLayers`, made rootless (DESIGN §3). Resolve the image,
-//! plan by chain ID, extract each missing layer into an active snapshot through the helper,
-//! verify, commit; then produce DEST from the top snapshot.
+//! plan by chain ID, extract each missing layer into an active snapshot through the helper (in
+//! order, or side by side into parentless snapshots with `jobs`), verify, commit; then produce
+//! DEST from the top snapshot.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::dest::Staging;
 use crate::digest::Digest;
+use crate::extract::NeedsLowers;
 use crate::image::{self, Image, ImageRef, Layer, Platform};
-use crate::plan::plan;
+use crate::plan::{Plan, plan};
 use crate::protocol::{Applied, Compression, Skipped};
 use crate::sandbox::{Blob, Helper, IdMap, IdMapMode};
-use crate::store::{ImageRecord, SnapshotInfo, SnapshotterMode, Store, after_cleanup, now};
+use crate::store::{Active, ImageRecord, SnapshotInfo, SnapshotterMode, Store, after_cleanup, now};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -26,6 +32,9 @@ pub struct Options {
     pub platform: Option<String>,
     pub idmap: IdMapMode,
     pub snapshotter: SnapshotterMode,
+    /// Missing layers a store extracts at once (see [`extract_side_by_side`]); 1: in order,
+    /// each filling DEST in the same pass.
+    pub jobs: usize,
 }
 
 /// What `strata unpack --json` prints.
@@ -45,6 +54,8 @@ pub struct LayerReport {
     pub chain_id: Digest,
     /// The layer's snapshot was already committed: nothing was extracted.
     pub cached: bool,
+    /// It was extracted side by side with others, into a snapshot without its parents.
+    pub parentless: bool,
     pub skipped: Vec<Skipped>,
 }
 
@@ -89,7 +100,8 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
         match &options.store {
             Some(store) => {
                 let store = Store::open(store, helper.clone(), options.snapshotter)?;
-                let layers = unpack_with_store(&store, &helper, &image, &staging, progress)?;
+                let layers =
+                    unpack_with_store(&store, &helper, &image, &staging, options.jobs, progress)?;
                 store.record_image(&ImageRecord {
                     reference: absolute(&reference).to_string(),
                     manifest: image.manifest_digest.clone(),
@@ -131,9 +143,9 @@ fn unpack_directly(
             layer,
         });
         let applied = extract(image, index, |compression, blob| {
-            helper.apply(staging.path(), None, None, compression, blob)
+            helper.apply(staging.path(), None, None, false, compression, blob)
         })?;
-        reports.push(report(layer, chain_id, false, applied.skipped));
+        reports.push(report(layer, chain_id, false, false, applied.skipped));
     }
     Ok(reports)
 }
@@ -143,61 +155,214 @@ fn unpack_with_store(
     helper: &Helper,
     image: &Image,
     staging: &Staging,
+    jobs: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<LayerReport>> {
     let plan = plan(&diff_ids(image), |chain_id| store.committed(chain_id));
     let count = image.layers.len();
+    let mut reports = Vec::with_capacity(count);
+    for (index, layer) in image.layers.iter().enumerate().take(plan.first_missing) {
+        progress(Progress::Cached {
+            index,
+            count,
+            layer,
+        });
+        let chain_id = plan.chain_ids[index].clone();
+        reports.push(report(layer, chain_id, true, false, Vec::new()));
+    }
+    if jobs > 1 && count - plan.first_missing > 1 && store.parentless_capable() {
+        reports.extend(extract_side_by_side(store, image, &plan, jobs, progress)?);
+        progress(Progress::Copying);
+        return copy_to_dest(store, helper, &plan.chain_ids[count - 1], staging).map(|()| reports);
+    }
     // DEST is the committed part of the chain copied, then every missing layer applied to it
     // in the same pass that fills the layer's snapshot: reading a fresh snapshot back to copy
     // it would cost as much again as extracting it.
     if let Some(cached_top) = plan.first_missing.checked_sub(1) {
         progress(Progress::Copying);
-        helper
-            .copy(&store.layers(&plan.chain_ids[cached_top])?, staging.path())
-            .context("copying the unpacked tree to the destination")?;
+        copy_to_dest(store, helper, &plan.chain_ids[cached_top], staging)?;
     }
-    let mut reports = Vec::with_capacity(count);
-    for (index, layer) in image.layers.iter().enumerate() {
-        let chain_id = plan.chain_ids[index].clone();
-        if index < plan.first_missing {
-            progress(Progress::Cached {
-                index,
-                count,
-                layer,
-            });
-            reports.push(report(layer, chain_id, true, Vec::new()));
-            continue;
-        }
+    for index in plan.first_missing..count {
+        let layer = &image.layers[index];
         progress(Progress::Extracting {
             index,
             count,
             layer,
         });
-        let parent = index.checked_sub(1).map(|below| &plan.chain_ids[below]);
-        let active = store
-            .prepare(parent)
-            .with_context(|| describe(image, index))?;
-        let applied = extract(image, index, |compression, blob| {
-            store.apply(&active, parent, Some(staging.path()), compression, blob)
-        });
-        let applied = match applied {
-            Ok(applied) => applied,
-            Err(err) => return Err(after_cleanup(err, store.remove(active))),
-        };
-        let info = SnapshotInfo {
-            chain_id: chain_id.clone(),
-            parent: parent.cloned(),
-            diff_id: layer.diff_id.clone(),
-            layer: layer.digest.clone(),
-            created: now(),
-            size: applied.bytes,
-        };
-        store
-            .commit(active, &info)
-            .with_context(|| describe(image, index))?;
-        reports.push(report(layer, chain_id, false, applied.skipped));
+        let applied = extract_on_parent(store, image, &plan, index, Some(staging))?;
+        let chain_id = plan.chain_ids[index].clone();
+        reports.push(report(layer, chain_id, false, false, applied.skipped));
     }
     Ok(reports)
+}
+
+fn copy_to_dest(store: &Store, helper: &Helper, top: &Digest, staging: &Staging) -> Result<()> {
+    helper
+        .copy(&store.layers(top)?, staging.path())
+        .context("copying the unpacked tree to the destination")
+}
+
+/// Extracts layer `index` into a snapshot on top of its committed parent (and into DEST, if
+/// given, in the same pass), and commits it.
+fn extract_on_parent(
+    store: &Store,
+    image: &Image,
+    plan: &Plan,
+    index: usize,
+    also_to: Option<&Staging>,
+) -> Result<Applied> {
+    let parent = index.checked_sub(1).map(|below| &plan.chain_ids[below]);
+    let active = store
+        .prepare(parent)
+        .with_context(|| describe(image, index))?;
+    let applied = extract(image, index, |compression, blob| {
+        let also_to = also_to.map(Staging::path);
+        store.apply(&active, parent, also_to, compression, blob)
+    });
+    match applied {
+        Ok(applied) => {
+            commit(store, image, plan, index, active, &applied)?;
+            Ok(applied)
+        }
+        Err(err) => Err(after_cleanup(err, store.remove(active))),
+    }
+}
+
+fn commit(
+    store: &Store,
+    image: &Image,
+    plan: &Plan,
+    index: usize,
+    active: Active,
+    applied: &Applied,
+) -> Result<()> {
+    let layer = &image.layers[index];
+    let info = SnapshotInfo {
+        chain_id: plan.chain_ids[index].clone(),
+        parent: index
+            .checked_sub(1)
+            .map(|below| plan.chain_ids[below].clone()),
+        diff_id: layer.diff_id.clone(),
+        layer: layer.digest.clone(),
+        created: now(),
+        size: applied.bytes,
+    };
+    store
+        .commit(active, &info)
+        .with_context(|| describe(image, index))
+}
+
+/// The missing layers, `jobs` at a time, each into a snapshot of its own: the first on top of
+/// its committed parent, the others on top of nothing (parentless), which is what lets them
+/// go side by side (containerd 2.2 does the same, outside a user namespace). They are
+/// committed in order, each on top of the one before. A layer that turns out to need the
+/// layers below it is applied again on top of them once they are committed; the first
+/// failure stops the rest, and what is not committed is removed.
+fn extract_side_by_side(
+    store: &Store,
+    image: &Image,
+    plan: &Plan,
+    jobs: usize,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<LayerReport>> {
+    let count = image.layers.len();
+    let next = AtomicUsize::new(plan.first_missing);
+    let stop = AtomicBool::new(false);
+    let (results, finished) = mpsc::channel();
+    thread::scope(|scope| {
+        for _ in 0..jobs.min(count - plan.first_missing) {
+            let (results, next, stop) = (results.clone(), &next, &stop);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= count {
+                        break;
+                    }
+                    let extracted = if index == plan.first_missing {
+                        extract_on_parent(store, image, plan, index, None).map(Extracted::Committed)
+                    } else {
+                        extract_parentless(store, image, index)
+                    };
+                    // The receiver stays until every worker is done.
+                    let _ = results.send((index, extracted));
+                }
+            });
+        }
+        drop(results);
+        let mut waiting = BTreeMap::new();
+        let mut reports = Vec::new();
+        let outcome = (plan.first_missing..count).try_for_each(|index| {
+            let layer = &image.layers[index];
+            progress(Progress::Extracting {
+                index,
+                count,
+                layer,
+            });
+            let extracted = loop {
+                if let Some(extracted) = waiting.remove(&index) {
+                    break extracted;
+                }
+                let (done, extracted) = finished
+                    .recv()
+                    .expect("a worker reports every layer it takes");
+                waiting.insert(done, extracted);
+            };
+            let (parentless, applied) = match extracted {
+                Ok(Extracted::Parentless(active, applied)) => {
+                    commit(store, image, plan, index, active, &applied)?;
+                    (true, applied)
+                }
+                Ok(Extracted::Committed(applied)) => (false, applied),
+                Err(err) if needs_lowers(&err) => {
+                    (false, extract_on_parent(store, image, plan, index, None)?)
+                }
+                Err(err) => return Err(err),
+            };
+            let chain_id = plan.chain_ids[index].clone();
+            reports.push(report(layer, chain_id, false, parentless, applied.skipped));
+            Ok(())
+        });
+        if let Err(err) = outcome {
+            stop.store(true, Ordering::Relaxed);
+            let leftovers = waiting
+                .into_values()
+                .chain(finished.iter().map(|(_, extracted)| extracted));
+            let cleanup = leftovers
+                .filter_map(|extracted| match extracted {
+                    Ok(Extracted::Parentless(active, _)) => Some(active),
+                    _ => None,
+                })
+                .try_for_each(|active| store.remove(active));
+            return Err(after_cleanup(err, cleanup));
+        }
+        Ok(reports)
+    })
+}
+
+/// A layer extracted by [`extract_side_by_side`].
+enum Extracted {
+    /// On top of its parent, and committed.
+    Committed(Applied),
+    /// Into a parentless snapshot, to commit once the layers below are.
+    Parentless(Active, Applied),
+}
+
+/// Layer `index` into a new snapshot on top of nothing; fails with [`NeedsLowers`] if it
+/// needs the layers below.
+fn extract_parentless(store: &Store, image: &Image, index: usize) -> Result<Extracted> {
+    let active = store
+        .prepare(None)
+        .with_context(|| describe(image, index))?;
+    match extract(image, index, |compression, blob| {
+        store.apply_parentless(&active, compression, blob)
+    }) {
+        Ok(applied) => Ok(Extracted::Parentless(active, applied)),
+        Err(err) => Err(after_cleanup(err, store.remove(active))),
+    }
+}
+
+fn needs_lowers(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.is::<NeedsLowers>())
 }
 
 /// Hands layer `index` to `apply` (a helper applying it somewhere), which checks the blob's
@@ -250,12 +415,19 @@ fn diff_ids(image: &Image) -> Vec<Digest> {
         .collect()
 }
 
-fn report(layer: &Layer, chain_id: Digest, cached: bool, skipped: Vec<Skipped>) -> LayerReport {
+fn report(
+    layer: &Layer,
+    chain_id: Digest,
+    cached: bool,
+    parentless: bool,
+    skipped: Vec<Skipped>,
+) -> LayerReport {
     LayerReport {
         digest: layer.digest.clone(),
         diff_id: layer.diff_id.clone(),
         chain_id,
         cached,
+        parentless,
         skipped,
     }
 }

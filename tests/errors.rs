@@ -17,19 +17,6 @@ use serde_json::{Value, json};
 // Local helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Asserts that `line` mentions each of `words` (case-insensitively).
-#[track_caller]
-fn assert_mentions(line: &str, words: &[&str]) {
-    eprintln!("error line: {line}");
-    let lower = line.to_lowercase();
-    for word in words {
-        assert!(
-            lower.contains(&word.to_lowercase()),
-            "the error does not mention {word:?}: {line}"
-        );
-    }
-}
-
 /// Asserts that `line` does not mention `word` (case-insensitively).
 #[track_caller]
 fn assert_not_mentions(line: &str, word: &str) {

@@ -15,21 +15,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 // Local helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Unpacks IMAGE with the store and with `--no-store`; both must succeed. Returns both trees.
-fn unpack_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [Tree; 2] {
+/// Unpacks IMAGE with the store, with `--no-store`, and side by side; all must succeed.
+/// Returns every tree.
+fn unpack_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [Tree; 3] {
     let image = image.as_ref();
-    [Mode::Store, Mode::NoStore].map(|mode| {
+    [Mode::Store, Mode::NoStore, Mode::SideBySide].map(|mode| {
         let dest = fresh_dest(env, mode);
         run_unpack(env, mode, &[], image, &dest).success();
         Tree::scan(&dest)
     })
 }
 
-/// Runs an unpack that must fail, in both modes; returns the error line of each. DEST must not
-/// exist afterwards.
-fn fail_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [String; 2] {
+/// Runs an unpack that must fail, in every mode; returns the error line of each. DEST must
+/// not exist afterwards.
+fn fail_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [String; 3] {
     let image = image.as_ref();
-    [Mode::Store, Mode::NoStore].map(|mode| {
+    [Mode::Store, Mode::NoStore, Mode::SideBySide].map(|mode| {
         let dest = fresh_dest(env, mode);
         let out = run_unpack(env, mode, &[], image, &dest);
         let line = out.failure().to_owned();
@@ -120,13 +121,15 @@ impl Watch {
     }
 }
 
-/// The scratch dir minus DEST (`rootfs*`), the store, and the scratch dir's own entry (its
+/// The scratch dir minus DEST (`rootfs*`), the stores, and the scratch dir's own entry (its
 /// times change when DEST appears).
 fn scan_outside(env: &TestEnv) -> Tree {
+    let side_store = side_by_side_store(env);
+    let side_store = side_store.file_name().unwrap().to_str().unwrap();
     let mut tree = Tree::scan(env.path());
     tree.nodes.retain(|path, _| {
         let first = path.split('/').next().unwrap();
-        path != "." && first != "store" && !first.starts_with("rootfs")
+        path != "." && first != "store" && first != side_store && !first.starts_with("rootfs")
     });
     tree
 }

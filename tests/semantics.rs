@@ -59,14 +59,21 @@ fn unpack_both_with(env: &TestEnv, extra: &[&str], image: impl AsRef<OsStr>) -> 
     let warm = fresh_dest(env, Mode::Store);
     run_unpack(env, Mode::Store, extra, image, &warm).success();
     assert_same_tree(("store", &unpacked[0].tree), ("warm", &Tree::scan(&warm)));
+    // Side by side into a store of its own, DEST copied from the snapshots: the same again.
+    let side = fresh_dest(env, Mode::SideBySide);
+    run_unpack(env, Mode::SideBySide, extra, image, &side).success();
+    assert_same_tree(
+        ("store", &unpacked[0].tree),
+        ("side by side", &Tree::scan(&side)),
+    );
     unpacked
 }
 
-/// Runs an unpack that must fail, in both modes; returns the error line of each. DEST must not
-/// be left behind, nor a staging directory beside it.
-fn fail_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [String; 2] {
+/// Runs an unpack that must fail, in every mode (side by side too); returns the error line of
+/// each. DEST must not be left behind, nor a staging directory beside it.
+fn fail_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [String; 3] {
     let image = image.as_ref();
-    [Mode::Store, Mode::NoStore].map(|mode| {
+    [Mode::Store, Mode::NoStore, Mode::SideBySide].map(|mode| {
         let dest = fresh_dest(env, mode);
         let out = run_unpack(env, mode, &[], image, &dest);
         let line = out.failure().to_owned();
@@ -1674,6 +1681,7 @@ fn json_report_names_manifest_chain_and_every_layer() {
                     "diff_id": image.layers[0].diff_id,
                     "chain_id": chain_ids[0],
                     "cached": false,
+                    "parentless": false,
                     "skipped": [],
                 },
                 {
@@ -1681,6 +1689,7 @@ fn json_report_names_manifest_chain_and_every_layer() {
                     "diff_id": image.layers[1].diff_id,
                     "chain_id": chain_ids[1],
                     "cached": false,
+                    "parentless": false,
                     "skipped": [{"path": "dev/null", "reason": "device node"}],
                 },
             ],

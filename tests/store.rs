@@ -8,7 +8,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::thread;
@@ -305,6 +305,139 @@ fn image_sharing_lower_layers_extracts_only_its_new_top_layer() {
     let mut all_chains = first.chain_ids();
     all_chains.push(other.chain_id());
     assert_eq!(snapshots(&env), sorted_hex(&all_chains));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers side by side (--jobs)
+// ---------------------------------------------------------------------------------------------
+
+/// `strata unpack --store S --jobs N --json IMAGE DEST`.
+fn unpack_side_by_side(env: &TestEnv, jobs: u32, image: &Path, dest: &Path) -> Output {
+    let (store, jobs) = (env.store(), jobs.to_string());
+    env.strata(args![
+        "unpack", "--store", store, "--jobs", jobs, "--json", image, dest
+    ])
+}
+
+/// The `parentless` flag of every layer in a `--json` report.
+fn parentless(report: &Value) -> Vec<bool> {
+    let layers = report["layers"].as_array().unwrap();
+    layers
+        .iter()
+        .map(|layer| layer["parentless"].as_bool().unwrap())
+        .collect()
+}
+
+/// Whether the env's store keeps layer diffs (side by side extraction needs them).
+fn overlay_store(env: &TestEnv) -> bool {
+    let config: Value =
+        serde_json::from_slice(&fs::read(env.store().join("store.json")).unwrap()).unwrap();
+    config["snapshotter"] == "overlay"
+}
+
+#[test]
+fn side_by_side_layers_go_into_parentless_snapshots_committed_in_order() {
+    let env = TestEnv::new();
+    let image = three_layer_image(&env.path().join("img"));
+    let dest = env.dest("rootfs");
+
+    let out = unpack_side_by_side(&env, 3, &image.path, &dest);
+    out.success();
+    let report = out.json();
+    assert_three_layer_tree(&dest);
+    assert_eq!(snapshots(&env), sorted_hex(&image.chain_ids()));
+    assert_eq!(store_tmp(&env), Vec::<String>::new());
+    let chain_ids = image.chain_ids();
+    for (index, chain) in chain_ids.iter().enumerate() {
+        let info: Value =
+            serde_json::from_slice(&fs::read(snapshot_dir(&env, chain).join("info.json")).unwrap())
+                .unwrap();
+        let parent = index.checked_sub(1).map(|below| chain_ids[below].as_str());
+        assert_eq!(info["parent"].as_str(), parent, "{info}");
+    }
+    if overlay_store(&env) {
+        // The first layer goes on its (empty) parent; the others on nothing, their whiteouts
+        // kept as overlayfs keeps them: a whiteout device.
+        assert_eq!(parentless(&report), [false, true, true], "{report}");
+        let motd =
+            fs::symlink_metadata(snapshot_dir(&env, &chain_ids[2]).join("fs/etc/motd")).unwrap();
+        assert!(
+            motd.file_type().is_char_device() && motd.rdev() == 0,
+            "{motd:?}"
+        );
+    } else {
+        assert_eq!(parentless(&report), [false, false, false], "{report}");
+    }
+    // From the snapshots alone, the same tree again.
+    let warm = env.dest("warm");
+    assert_eq!(cached(&unpack_ok(&env, &image, &warm)), [true, true, true]);
+    assert_same_tree(&dest, &warm);
+}
+
+#[test]
+fn side_by_side_layer_that_needs_the_layers_below_is_applied_on_them() {
+    let env = TestEnv::new();
+    let image = Image::new()
+        .layer(layer1())
+        // A hardlink to a file of the layer below.
+        .layer(
+            Layer::new()
+                .dir("bin/", 0o755)
+                .hardlink("bin/sh3", "bin/sh"),
+        )
+        // A file in a directory the layer does not name: its mode and times come from below.
+        .layer(Layer::new().file("usr/lib/extra", b"extra\n", 0o644))
+        .write(&env.path().join("img"));
+    let dest = env.dest("rootfs");
+
+    let out = unpack_side_by_side(&env, 3, &image.path, &dest);
+    out.success();
+    assert_eq!(parentless(&out.json()), [false, false, false]);
+    let tree = Tree::scan(&dest);
+    assert_eq!(tree.node("bin/sh3").ino, tree.node("bin/sh").ino);
+    assert_eq!(tree.node("bin/sh").nlink, 3);
+    assert_eq!(file_hash(&tree, "usr/lib/extra"), sha256(b"extra\n"));
+    assert_eq!(tree.node("usr/lib").mode, 0o755);
+    let no_store = env.dest("no-store");
+    env.strata(args!["unpack", "--no-store", &image.path, &no_store])
+        .success();
+    assert_same_tree(&dest, &no_store);
+    assert_eq!(store_tmp(&env), Vec::<String>::new());
+}
+
+#[test]
+fn side_by_side_corrupt_layer_commits_nothing_from_it_up() {
+    let env = TestEnv::new();
+    let image = Image::new()
+        .layer(layer1())
+        .layer(layer2())
+        .layer(layer3())
+        .layer(
+            Layer::new()
+                .dir("opt/", 0o755)
+                .file("opt/top", b"top\n", 0o644),
+        )
+        .write(&env.path().join("img"));
+    let corrupt = image.layers[2].digest.clone();
+    image.edit_blob(&corrupt, |bytes| {
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+    });
+    let dest = env.dest("rootfs");
+
+    let out = unpack_side_by_side(&env, 4, &image.path, &dest);
+    assert_mentions(out.failure(), &["layer 3", &corrupt, "digest"]);
+    assert!(fs::symlink_metadata(&dest).is_err(), "DEST left behind");
+    assert_eq!(staging_dirs(&dest), Vec::<String>::new());
+    // The layers below it are good and stay; nothing of it or above it does.
+    let chain_ids = image.chain_ids();
+    assert_eq!(snapshots(&env), sorted_hex(&chain_ids[..2]));
+    assert_eq!(store_tmp(&env), Vec::<String>::new());
+
+    // The store goes on: an image with the same two layers below reuses them.
+    let good = three_layer_image(&env.path().join("good-img"));
+    let report = unpack_ok(&env, &good, &env.dest("good"));
+    assert_eq!(cached(&report), [true, true, false], "{report}");
 }
 
 // ---------------------------------------------------------------------------------------------

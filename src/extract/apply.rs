@@ -15,16 +15,17 @@ use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{
-    FchmodatFlags, FileStat, Mode, UtimensatFlags, fchmod, fchmodat, futimens, utimensat,
+    FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, futimens, mknodat,
+    utimensat,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, mkfifoat, symlinkat};
 use tar::EntryType;
 
-use super::Tree;
 use super::owner;
 use super::path::{Action, PathSet, UpperPaths, classify, normalize};
 use super::writers::{SMALL_FILE, Writers};
+use super::{NeedsLowers, Tree};
 use crate::at;
 use crate::protocol::Skipped;
 
@@ -155,6 +156,8 @@ pub struct Applier<'a> {
     overlay_seen: PathSet,
     /// Through an overlay, the layers below, top first: read directly to find hardlink groups.
     overlay_lowers: &'a [BorrowedFd<'a>],
+    /// See [`Tree::parentless`].
+    parentless: bool,
     /// Hardlink groups by inode, found the first time a link splits one: of each lower layer
     /// read (by its index in `overlay_lowers`), or of the whole tree (`None`).
     link_groups: HashMap<Option<usize>, LinkGroups>,
@@ -169,6 +172,7 @@ impl<'a> Applier<'a> {
             root: tree.root,
             overlay_upper: tree.overlay_upper,
             overlay_lowers: tree.overlay_lowers,
+            parentless: tree.parentless,
             overlay_seen: PathSet::default(),
             writers,
             handed_out: PathSet::default(),
@@ -301,6 +305,13 @@ impl<'a> Applier<'a> {
         }
         let meta = Meta::read(entry)?;
         let parent_fresh = self.fresh_dirs.contains(parent_path);
+        if self.parentless && !parent_fresh && !parent_path.as_os_str().is_empty() {
+            // The directory below would give it its owner, mode and times.
+            return Err(needs_lowers(
+                parent_path,
+                "is not a directory this layer makes",
+            ));
+        }
         // A new name in a directory the layer made (a link goes where its target is found).
         let adds_to_fresh_dir =
             kind != EntryType::Link && parent_fresh && !self.upper.contains(path);
@@ -486,6 +497,11 @@ impl<'a> Applier<'a> {
             self.fresh_dirs.insert(path);
         }
         let dir = at::open_subdir(parent, name)?;
+        // What it replaced (a whiteout, or a file of this layer) hid a directory below that
+        // would otherwise show through.
+        if self.parentless && existing.is_some() && created {
+            mark_opaque(dir.as_fd(), path)?;
+        }
         let placement = owner::place(meta.uid, meta.gid, self.mapped_ids);
         // A merged directory takes the entry's owner and loses an old owner record, even when
         // the entry's owner is the namespace's root; a new one is already root's, unrecorded.
@@ -515,6 +531,12 @@ impl<'a> Applier<'a> {
         let (Some(target_parent), Some(target_name)) = (target.parent(), target.file_name()) else {
             bail!("hardlink to the root directory");
         };
+        if self.parentless && !self.upper.contains(target) {
+            return Err(needs_lowers(
+                target,
+                "is a hardlink target from a layer below",
+            ));
+        }
         let link_parent = path.parent().unwrap_or(Path::new(""));
         self.overlay_seen.insert(target_parent);
         self.overlay_seen.insert(link_parent);
@@ -663,6 +685,9 @@ impl<'a> Applier<'a> {
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
             bail!("whiteout of the root directory");
         };
+        if self.parentless {
+            return self.record_whiteout(parent, name, target);
+        }
         self.overlay_seen.insert(parent);
         let Some(parent_fd) = existing_dir(self.root, parent)? else {
             return Ok(());
@@ -673,6 +698,16 @@ impl<'a> Applier<'a> {
 
     fn opaque(&mut self, dir: &Path) -> Result<()> {
         self.parent_cache = None;
+        if self.parentless {
+            if !self.fresh_dirs.contains(dir) {
+                return Err(needs_lowers(
+                    dir,
+                    "is made opaque but not made by this layer",
+                ));
+            }
+            let fd = reopen_dir(self.root, dir).context("opening the opaque directory")?;
+            return mark_opaque(fd.as_fd(), dir);
+        }
         self.overlay_seen.insert(dir);
         let Some(fd) = existing_dir(self.root, dir)? else {
             return Ok(());
@@ -682,6 +717,36 @@ impl<'a> Applier<'a> {
             self.remove_lower(fd.as_fd(), &child, &dir.join(&child))?;
         }
         self.upper.insert(dir);
+        Ok(())
+    }
+
+    /// A parentless layer's whiteout, as overlayfs would record it: a whiteout device hides the
+    /// name below; a directory of this layer keeps its own entries and hides the ones below
+    /// (it becomes opaque).
+    fn record_whiteout(&mut self, parent: &Path, name: &OsStr, target: &Path) -> Result<()> {
+        if self.upper.contains(target) {
+            return match reopen_dir(self.root, target) {
+                Some(dir) => mark_opaque(dir.as_fd(), target),
+                None => Ok(()),
+            };
+        }
+        if !parent.as_os_str().is_empty() && !self.fresh_dirs.contains(parent) {
+            return Err(needs_lowers(
+                parent,
+                "holds a whiteout but is not made by this layer",
+            ));
+        }
+        let parent_fd = existing_dir(self.root, parent)?.context("whiteout's directory")?;
+        match mknodat(parent_fd.as_fd(), name, SFlag::S_IFCHR, Mode::empty(), 0) {
+            // A whiteout of the same name earlier in the layer.
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("recording whiteout {}", target.display()));
+            }
+        }
+        // The name is taken now: an entry of the same name later in the layer replaces it.
+        self.upper.insert(target);
         Ok(())
     }
 
@@ -703,6 +768,16 @@ impl<'a> Applier<'a> {
             _ => Ok(()),
         }
     }
+}
+
+/// overlayfs's mark (as a rootless mount reads it) of a directory that hides the ones below.
+fn mark_opaque(dir: BorrowedFd, path: &Path) -> Result<()> {
+    at::set_xattr(dir, b"user.overlay.opaque", b"y")
+        .with_context(|| format!("marking {} opaque", path.display()))
+}
+
+fn needs_lowers(path: &Path, why: &str) -> anyhow::Error {
+    NeedsLowers(format!("{} {why}", path.display())).into()
 }
 
 /// Creates the regular file `path` (named in `parent`) with `meta`, its contents written by

@@ -26,7 +26,16 @@ pub struct Tree<'a> {
     pub overlay_upper: Option<BorrowedFd<'a>>,
     /// and its lower ones, top first.
     pub overlay_lowers: &'a [BorrowedFd<'a>],
+    /// `root` is an overlay snapshot's own directory, written with nothing below it mounted
+    /// (see [`crate::protocol::Op::Apply`]).
+    pub parentless: bool,
 }
+
+/// A parentless layer met an entry whose result depends on the layers below it: the layer
+/// must be applied on top of them instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NeedsLowers(pub String);
 
 impl<'a> Tree<'a> {
     pub fn plain(root: BorrowedFd<'a>) -> Self {
@@ -34,6 +43,7 @@ impl<'a> Tree<'a> {
             root,
             overlay_upper: None,
             overlay_lowers: &[],
+            parentless: false,
         }
     }
 }

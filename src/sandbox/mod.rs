@@ -16,6 +16,7 @@ use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::extract::NeedsLowers;
 use crate::protocol::{
     Applied, CONTROL_FD, Compression, MAPS_READY, MAPS_WANTED, Op, Overlay, RESULT_FD, Reply,
     Request,
@@ -96,21 +97,26 @@ impl Helper {
     /// Applies the layer `blob` to `root`, or with `overlay`, to the overlay mounted there; and
     /// to the directory `also_to` in the same pass. An error sending `blob` (a digest or size
     /// mismatch, detected while streaming) wins over what the helper made of the cut stream.
+    /// `parentless`: see [`Op::Apply`]; a layer that needs the layers below fails with
+    /// [`NeedsLowers`].
     pub fn apply(
         &self,
         root: &Path,
         overlay: Option<Overlay>,
         also_to: Option<&Path>,
+        parentless: bool,
         compression: Compression,
         blob: &Blob,
     ) -> Result<Applied> {
         let op = Op::Apply {
             compression,
             also_to: also_to.map(Path::to_path_buf),
+            parentless,
         };
         let request = self.request(root, op, overlay);
         match self.run(request, Some(blob))? {
             Reply::Applied(applied) => Ok(applied),
+            Reply::NeedsLowers { needs_lowers } => Err(NeedsLowers(needs_lowers).into()),
             other => Err(anyhow!(
                 "helper gave an unexpected reply to apply: {other:?}"
             )),

@@ -240,6 +240,7 @@ impl Store {
                     &merged,
                     Some(overlay),
                     None,
+                    false,
                     Compression::None,
                     &empty_layer,
                 )
@@ -359,12 +360,35 @@ impl Store {
                 };
                 let merged = active.merged();
                 self.helper
-                    .apply(&merged, Some(overlay), also_to, compression, blob)
+                    .apply(&merged, Some(overlay), also_to, false, compression, blob)
             }
             _ => self
                 .helper
-                .apply(&active.fs(), None, also_to, compression, blob),
+                .apply(&active.fs(), None, also_to, false, compression, blob),
         }
+    }
+
+    /// Whether layers can be applied without their parents ([`Store::apply_parentless`]).
+    pub fn parentless_capable(&self) -> bool {
+        self.snapshotter == Snapshotter::Overlay
+    }
+
+    /// Applies the layer read from `blob` to `active`, prepared on top of nothing, as the
+    /// overlay snapshot of a layer whose parents are not there yet: committed on top of them
+    /// later, it holds what it would have held applied on top of them. Fails with
+    /// [`crate::extract::NeedsLowers`] when that cannot be known without them.
+    pub fn apply_parentless(
+        &self,
+        active: &Active,
+        compression: Compression,
+        blob: &Blob,
+    ) -> Result<Applied> {
+        assert!(
+            self.parentless_capable(),
+            "only overlay snapshots can be parentless"
+        );
+        self.helper
+            .apply(&active.fs(), None, None, true, compression, blob)
     }
 
     /// Publishes `active` under `info.chain_id`. A snapshot another run committed first wins:

@@ -10,6 +10,9 @@ use super::run::{Output, TestEnv};
 pub enum Mode {
     Store,
     NoStore,
+    /// A store of its own that extracts layers side by side (`--jobs 4`): with the overlay
+    /// snapshotter, all but the first into parentless snapshots.
+    SideBySide,
 }
 
 /// A DEST path that no other unpack in this test binary uses. Every DEST name starts with
@@ -20,11 +23,18 @@ pub fn fresh_dest(env: &TestEnv, mode: Mode) -> PathBuf {
     let label = match mode {
         Mode::Store => "store",
         Mode::NoStore => "nostore",
+        Mode::SideBySide => "side",
     };
     env.dest(&format!("rootfs-{label}-{n}"))
 }
 
-/// `strata unpack [--store S | --no-store] --json EXTRA… IMAGE DEST` as the env's user.
+/// The store [`Mode::SideBySide`] unpacks use, beside the env's own.
+pub fn side_by_side_store(env: &TestEnv) -> PathBuf {
+    env.path().join("side-by-side-store")
+}
+
+/// `strata unpack [--store S | --no-store | --store S2 --jobs 4] --json EXTRA… IMAGE DEST` as
+/// the env's user.
 pub fn run_unpack(env: &TestEnv, mode: Mode, extra: &[&str], image: &OsStr, dest: &Path) -> Output {
     if mode == Mode::Store && extra.is_empty() {
         return env.unpack(image, dest);
@@ -33,6 +43,10 @@ pub fn run_unpack(env: &TestEnv, mode: Mode, extra: &[&str], image: &OsStr, dest
     match mode {
         Mode::Store => args.extend(["--store".into(), env.store().into_os_string()]),
         Mode::NoStore => args.push("--no-store".into()),
+        Mode::SideBySide => {
+            args.extend(["--store".into(), side_by_side_store(env).into_os_string()]);
+            args.extend(["--jobs".into(), "4".into()]);
+        }
     }
     args.push("--json".into());
     args.extend(extra.iter().map(OsString::from));

@@ -28,6 +28,19 @@ macro_rules! args {
     };
 }
 
+/// Asserts that `line` mentions each of `words` (case-insensitively).
+#[track_caller]
+pub fn assert_mentions(line: &str, words: &[&str]) {
+    eprintln!("error line: {line}");
+    let lower = line.to_lowercase();
+    for word in words {
+        assert!(
+            lower.contains(&word.to_lowercase()),
+            "the error does not mention {word:?}: {line}"
+        );
+    }
+}
+
 pub fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
