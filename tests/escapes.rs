@@ -541,6 +541,41 @@ fn whiteout_through_an_outside_symlink_stays_inside() {
 }
 
 #[test]
+fn directory_the_layer_made_then_replaced_by_a_symlink_takes_its_subtree_along() {
+    // `a/` and `a/b/` made, then `a -> etc`: names under `a/b` now resolve through the
+    // symlink, into a directory of the layer below, and must be treated as such (side by
+    // side, as needing that layer), not as new names in a directory the layer made.
+    let env = TestEnv::new();
+    let image = Image::new()
+        .layer(
+            Layer::new()
+                .dir("etc/", 0o755)
+                .dir("etc/b/", 0o755)
+                .file("etc/b/passwd", b"lower", 0o644)
+                .file("etc/b/new", b"lower", 0o644),
+        )
+        .layer(
+            Layer::new()
+                .dir("a/", 0o755)
+                .dir("a/b/", 0o755)
+                .symlink("a", "etc")
+                .whiteout("a/b/passwd")
+                .file("a/b/new", b"upper", 0o644),
+        )
+        .write(&image_path(&env));
+    let watch = Watch::start(&env);
+    for tree in unpack_both(&env, &image.path) {
+        assert_symlink(&tree, "a", "etc");
+        assert!(
+            !tree.contains_key("etc/b/passwd"),
+            "etc/b/passwd should be whited out"
+        );
+        assert_file(&tree, "etc/b/new", b"upper");
+    }
+    watch.assert_unchanged(&env);
+}
+
+#[test]
 fn opaque_marker_through_an_outside_symlink_stays_inside() {
     let env = TestEnv::new();
     let pot = Honeypot::new(&env);

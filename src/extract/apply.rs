@@ -406,7 +406,7 @@ impl<'a> Applier<'a> {
         if self.fresh_dirs.contains(parent_path) && !self.upper.contains(path) {
             return Ok(());
         }
-        self.fresh_dirs.remove(path);
+        self.fresh_dirs.remove_tree(path);
         let name = path
             .file_name()
             .expect("entries below the root have a name");

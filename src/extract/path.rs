@@ -96,8 +96,12 @@ impl PathSet {
         self.0.contains(path.as_os_str())
     }
 
-    pub fn remove(&mut self, path: &Path) {
-        self.0.remove(path.as_os_str());
+    /// Removes `path` and, if it was there, every path below it (a directory gone with its
+    /// subtree; rare enough for a scan).
+    pub fn remove_tree(&mut self, path: &Path) {
+        if self.0.remove(path.as_os_str()) {
+            self.0.retain(|other| !Path::new(other).starts_with(path));
+        }
     }
 
     pub fn clear(&mut self) {
@@ -134,6 +138,26 @@ mod tests {
 
     fn norm(name: &str) -> Result<PathBuf, NameError> {
         normalize(name.as_bytes())
+    }
+
+    #[test]
+    fn removing_a_tree_removes_what_is_below_it_and_nothing_else() {
+        let mut set = PathSet::default();
+        for path in ["a", "a/b", "a/b/c", "ab", "ab/c", "x/a/b"] {
+            set.insert(Path::new(path));
+        }
+        set.remove_tree(Path::new("a"));
+        let kept = [
+            ("a", false),
+            ("a/b", false),
+            ("a/b/c", false),
+            ("ab", true),
+            ("ab/c", true),
+            ("x/a/b", true),
+        ];
+        for (path, kept) in kept {
+            assert_eq!(set.contains(Path::new(path)), kept, "{path}");
+        }
     }
 
     #[test]
