@@ -24,7 +24,7 @@ use tar::EntryType;
 
 use super::owner;
 use super::path::{Action, PathSet, UpperPaths, classify, normalize};
-use super::writers::{SMALL_FILE, Writers};
+use super::writers::{Buffers, SMALL_FILE, Writers};
 use super::{NeedsLowers, Tree};
 use crate::at;
 use crate::protocol::Skipped;
@@ -164,6 +164,7 @@ pub struct Applier<'a> {
     /// What could not be reproduced, by entry number.
     skipped: Vec<(u64, Skipped)>,
     buf: Vec<u8>,
+    buffers: Buffers,
 }
 
 impl<'a> Applier<'a> {
@@ -186,6 +187,7 @@ impl<'a> Applier<'a> {
             link_groups: HashMap::new(),
             skipped: Vec::new(),
             buf: vec![0; 256 * 1024],
+            buffers: Buffers::default(),
         }
     }
 
@@ -453,17 +455,20 @@ impl<'a> Applier<'a> {
             self.note_skipped(skipped);
             return Ok(());
         }
-        let mut data = Vec::with_capacity(expected as usize);
-        entry.read_to_end(&mut data)?;
-        if data.len() as u64 != expected {
-            return Err(short(data.len() as u64));
+        let len = expected as usize;
+        let mut data = self.buffers.take(len);
+        let read = super::stream::read_full(entry, &mut data[..len])?;
+        if read != len {
+            return Err(short(read as u64));
         }
         let (parent, owned_path, mapped_ids) =
             (parent.clone(), path.to_path_buf(), self.mapped_ids);
-        let entry_name = super::entry_name(entry);
+        let (entry_name, buffers) = (super::entry_name(entry), self.buffers.clone());
         let job = move || {
-            let fill = |file: &mut File| Ok(file.write_all(&data)?);
-            create_file(parent.as_fd(), &owned_path, &meta, mapped_ids, fill).context(entry_name)
+            let fill = |file: &mut File| Ok(file.write_all(&data[..len])?);
+            let created = create_file(parent.as_fd(), &owned_path, &meta, mapped_ids, fill);
+            buffers.give_back(data);
+            created.context(entry_name)
         };
         self.handed_out.insert(path);
         self.writers.submit(self.entry, Box::new(job))

@@ -19,6 +19,9 @@ pub const SMALL_FILE: u64 = 128 * 1024;
 /// Files handed out but not yet taken, at most: with [`SMALL_FILE`], memory stays bounded.
 const QUEUED: usize = 32;
 
+/// Buffers kept for reuse, at most: as many as can be queued or being written.
+const SPARE_BUFFERS: usize = QUEUED + 4;
+
 /// Creates one file; returns what of it could not be reproduced. Its error names its entry.
 pub type Job = Box<dyn FnOnce() -> Result<Vec<Skipped>> + Send>;
 
@@ -27,6 +30,33 @@ pub type Job = Box<dyn FnOnce() -> Result<Vec<Skipped>> + Send>;
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct EarlierEntry(anyhow::Error);
+
+/// Buffers for the contents of handed-out files, passed back when a file is written: a new
+/// buffer would be allocated, zeroed before it is read into, and freed, for every file.
+#[derive(Clone, Default)]
+pub struct Buffers(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Buffers {
+    /// A buffer at least `len` bytes long; what is in it is left from earlier files.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let mut buffer = self.lock().pop().unwrap_or_default();
+        if buffer.len() < len {
+            buffer.resize(len, 0);
+        }
+        buffer
+    }
+
+    pub fn give_back(&self, buffer: Vec<u8>) {
+        let mut spare = self.lock();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().expect("no thread panics holding the lock")
+    }
+}
 
 /// One lock guards everything, and a thread is woken only when it sleeps: a layer hands out
 /// thousands of files, and a wake-up (a context switch) per file would cost more than the
