@@ -200,12 +200,20 @@ impl<'a> Applier<'a> {
         let path = normalize(&entry.path_bytes())?;
         match classify(&path)? {
             Action::Create => self.create(&path, kind, entry),
+            // Both remove only what lower layers left, never a name of this layer, as every
+            // handed-out file is: on a plain tree they can go on beside the writers. Through
+            // an overlay, their lookups must not meet a directory being written behind
+            // overlayfs's back.
             Action::Whiteout { target } => {
-                self.wait_for_writers()?;
+                if self.overlay_upper.is_some() {
+                    self.wait_for_writers()?;
+                }
                 self.whiteout(&target)
             }
             Action::Opaque { dir } => {
-                self.wait_for_writers()?;
+                if self.overlay_upper.is_some() {
+                    self.wait_for_writers()?;
+                }
                 self.opaque(dir)
             }
             Action::AufsMeta => Ok(()),

@@ -4,7 +4,8 @@
 //!
 //! The applier only hands out files that nothing else in the layer can be waiting for (new
 //! names in directories the layer made), and waits for every handed-out file ([`Writers::wait`])
-//! before anything that could touch one: removals, links, whiteouts, the end of the layer.
+//! before anything that could touch one: removals, links, the end of the layer (and, through
+//! an overlay, whiteouts and opaque markers).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
