@@ -123,7 +123,7 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
         } => {
             // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads stdin.
             let stdin = unsafe { File::from_raw_fd(0) };
-            let input = BufReader::with_capacity(256 * 1024, stdin);
+            let input = BufReader::with_capacity(1024 * 1024, stdin);
             let lowers: Vec<_> = overlay_lowers.iter().map(|fd| fd.as_fd()).collect();
             let main = extract::Tree {
                 root: root.as_fd(),

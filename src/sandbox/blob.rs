@@ -17,7 +17,7 @@ use crate::digest::{Digest, Verifier};
 const PIPE_SIZE: usize = 1 << 20;
 /// How much is hashed and then passed on at a time: small enough to stay in the CPU's cache
 /// between the read and the hash.
-const STEP: usize = 128 << 10;
+const STEP: usize = 512 << 10;
 
 pub struct Blob {
     file: File,
