@@ -126,7 +126,9 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
     })
 }
 
-/// `--no-store`: every layer goes straight into the staging directory.
+/// `--no-store`: every layer goes straight into the staging directory. Each layer's helper is
+/// started while the layer before is applied, so that its start (a few milliseconds, mostly
+/// waiting on `newuidmap`) costs nothing; it waits for its blob until that layer is done.
 fn unpack_directly(
     helper: &Helper,
     image: &Image,
@@ -135,19 +137,45 @@ fn unpack_directly(
 ) -> Result<Vec<LayerReport>> {
     let plan = plan(&diff_ids(image), |_| false);
     let count = image.layers.len();
+    // Started on this thread, which outlives them (see `Helper::start`); set up on another.
+    let start = |index: usize| -> Result<_> {
+        let compression = image.layers[index].compression;
+        let started = helper.start_apply(staging.path(), None, None, false, compression)?;
+        Ok(thread::spawn(move || started.set_up()))
+    };
+    let mut next = None;
     let mut reports = Vec::with_capacity(count);
-    for (index, (layer, chain_id)) in image.layers.iter().zip(plan.chain_ids).enumerate() {
-        progress(Progress::Extracting {
-            index,
-            count,
-            layer,
-        });
-        let applied = extract(image, index, |compression, blob| {
-            helper.apply(staging.path(), None, None, false, compression, blob)
-        })?;
-        reports.push(report(layer, chain_id, false, false, applied.skipped));
+    let outcome = (|| {
+        next = (count > 0).then(|| start(0)).transpose()?;
+        for (index, (layer, chain_id)) in image.layers.iter().zip(&plan.chain_ids).enumerate() {
+            progress(Progress::Extracting {
+                index,
+                count,
+                layer,
+            });
+            let started = next
+                .take()
+                .expect("every layer's helper is started before its turn")
+                .join()
+                .expect("setting up a helper does not panic")
+                .with_context(|| describe(image, index))?;
+            next = (index + 1 < count).then(|| start(index + 1)).transpose()?;
+            let applied = extract(image, index, |_, blob| started.apply(blob))?;
+            reports.push(report(
+                layer,
+                chain_id.clone(),
+                false,
+                false,
+                applied.skipped,
+            ));
+        }
+        Ok(())
+    })();
+    // After a failure, the next layer's helper is killed (dropped unfinished) before DEST goes.
+    if let Some(setting_up) = next {
+        let _ = setting_up.join();
     }
-    Ok(reports)
+    outcome.map(|()| reports)
 }
 
 fn unpack_with_store(

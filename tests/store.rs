@@ -942,6 +942,27 @@ fn kill_9_of_the_helper_fails_the_unpack_cleanly_and_the_next_run_succeeds() {
     assert_eq!(snapshots(&env), sorted_hex(&chains));
 }
 
+#[test]
+fn no_store_failure_leaves_no_helper_behind() {
+    // The next layer's helper is started while a layer is applied; when that layer fails,
+    // it must go too, not wait on or apply anything.
+    let env = TestEnv::new();
+    let image = three_layer_image(&env.path().join("img"));
+    let corrupt = image.layers[0].digest.clone();
+    image.edit_blob(&corrupt, |bytes| {
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+    });
+    let dest = env.dest("rootfs");
+
+    let out = env.strata(args!["unpack", "--no-store", &image.path, &dest]);
+    assert_mentions(out.failure(), &["layer 1", &corrupt, "digest"]);
+    let helpers = helpers_in(&env);
+    assert!(helpers.is_empty(), "helpers left running: {helpers:?}");
+    assert!(fs::symlink_metadata(&dest).is_err(), "DEST left behind");
+    assert_eq!(staging_dirs(&dest), Vec::<String>::new());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Concurrent runs
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -108,19 +108,28 @@ impl Helper {
         compression: Compression,
         blob: &Blob,
     ) -> Result<Applied> {
+        self.start_apply(root, overlay, also_to, parentless, compression)?
+            .set_up()?
+            .apply(blob)
+    }
+
+    /// [`Helper::apply`] in steps: a helper started now is set up (namespaces, id maps,
+    /// lockdown; [`Started::set_up`]) and fed its layer ([`Started::apply`]) later, so that
+    /// its start can overlap the layer before.
+    pub fn start_apply(
+        &self,
+        root: &Path,
+        overlay: Option<Overlay>,
+        also_to: Option<&Path>,
+        parentless: bool,
+        compression: Compression,
+    ) -> Result<Started> {
         let op = Op::Apply {
             compression,
             also_to: also_to.map(Path::to_path_buf),
             parentless,
         };
-        let request = self.request(root, op, overlay);
-        match self.run(request, Some(blob))? {
-            Reply::Applied(applied) => Ok(applied),
-            Reply::NeedsLowers { needs_lowers } => Err(NeedsLowers(needs_lowers).into()),
-            other => Err(anyhow!(
-                "helper gave an unexpected reply to apply: {other:?}"
-            )),
-        }
+        self.start(self.request(root, op, overlay), true)
     }
 
     /// Copies the tree `sources` stands for (one directory, or the overlay of several, top
@@ -163,18 +172,23 @@ impl Helper {
     }
 
     fn run(&self, request: Request, input: Option<&Blob>) -> Result<Reply> {
-        let (mut results, results_writer) = io::pipe().context("creating the result pipe")?;
-        let (control_reader, mut control) = io::pipe().context("creating the control pipe")?;
+        self.start(request, input.is_some())?
+            .set_up()?
+            .finish(input)
+    }
+
+    /// Starts a helper for `request`; with `input`, once [set up](Started::set_up) it waits
+    /// for its layer on stdin. The calling thread must outlive the helper: the helper's
+    /// parent-death signal follows the thread that started it.
+    fn start(&self, request: Request, input: bool) -> Result<Started> {
+        let (results, results_writer) = io::pipe().context("creating the result pipe")?;
+        let (control_reader, control) = io::pipe().context("creating the control pipe")?;
         let fds = [results_writer.as_raw_fd(), control_reader.as_raw_fd()];
         let mut command = Command::new(&self.program);
         command
             .arg(serde_json::to_string(&request)?)
             .env_clear()
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if input { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         // SAFETY: the hook makes only async-signal-safe syscalls (fcntl, dup2, prctl).
@@ -189,32 +203,79 @@ impl Helper {
             let _ = stderr.take(64 * 1024).read_to_string(&mut text);
             text
         });
+        Ok(Started {
+            child,
+            results,
+            control: Some(control),
+            idmap: self.idmap,
+            stderr_reader: Some(stderr_reader),
+            map_error: None,
+            finished: false,
+        })
+    }
+}
 
-        // A helper that wants subordinate ids has unshared and waits for us to map them.
-        let mut map_error = None;
+/// A helper started (see [`Helper::start_apply`]). Dropped unfinished, it is killed: it must
+/// not take the end of its stdin for an empty layer.
+pub struct Started {
+    child: Child,
+    results: io::PipeReader,
+    /// Until the helper is set up: how it learns that its id maps are written.
+    control: Option<io::PipeWriter>,
+    idmap: IdMap,
+    stderr_reader: Option<thread::JoinHandle<String>>,
+    /// Writing its id maps failed: it cannot do anything, and this says why.
+    map_error: Option<anyhow::Error>,
+    finished: bool,
+}
+
+impl Started {
+    /// Waits until the helper is in its namespaces, writing its id maps when it asks for
+    /// subordinate ids (only a process outside the namespace can). Any thread may do this.
+    pub fn set_up(mut self) -> Result<Started> {
+        let mut control = self.control.take().expect("set up once");
         if let IdMap::Subordinate { uids, gids } = self.idmap {
             let mut byte = [0u8];
-            if results.read_exact(&mut byte).is_ok() && byte == MAPS_WANTED {
-                match write_id_maps(child.id(), uids, gids) {
+            if self.results.read_exact(&mut byte).is_ok() && byte == MAPS_WANTED {
+                match write_id_maps(self.child.id(), uids, gids) {
                     Ok(()) => control
                         .write_all(&MAPS_READY)
                         .context("releasing the helper")?,
-                    Err(err) => map_error = Some(err),
+                    Err(err) => self.map_error = Some(err),
                 }
             }
         }
-        drop(control);
+        Ok(self)
+    }
 
-        let feed_error = match (input, child.stdin.take()) {
+    /// Feeds the set-up helper the layer `blob` and returns its account of it (see
+    /// [`Helper::apply`]).
+    pub fn apply(self, blob: &Blob) -> Result<Applied> {
+        match self.finish(Some(blob))? {
+            Reply::Applied(applied) => Ok(applied),
+            Reply::NeedsLowers { needs_lowers } => Err(NeedsLowers(needs_lowers).into()),
+            other => Err(anyhow!(
+                "helper gave an unexpected reply to apply: {other:?}"
+            )),
+        }
+    }
+
+    fn finish(mut self, input: Option<&Blob>) -> Result<Reply> {
+        self.finished = true;
+        let feed_error = match (input, self.child.stdin.take()) {
             (Some(blob), Some(mut stdin)) => blob.send(&mut stdin).err(),
             _ => None,
         };
         let mut reply = String::new();
-        let read = results.read_to_string(&mut reply);
-        let status = child.wait().context("waiting for the helper")?;
-        let stderr = stderr_reader.join().unwrap_or_default();
+        let read = self.results.read_to_string(&mut reply);
+        let status = self.child.wait().context("waiting for the helper")?;
+        let stderr = self
+            .stderr_reader
+            .take()
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default();
 
-        if let Some(err) = map_error.or(feed_error) {
+        if let Some(err) = self.map_error.take().or(feed_error) {
             return Err(err);
         }
         read.context("reading the helper's reply")?;
@@ -222,6 +283,15 @@ impl Helper {
             Ok(Reply::Error { error }) => Err(anyhow!(error)),
             Ok(reply) if status.success() => Ok(reply),
             _ => Err(anyhow!(died(status, &stderr))),
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
