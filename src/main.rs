@@ -90,7 +90,13 @@ struct UnpackArgs {
     /// Layers a store (overlay snapshotter) extracts at once, each into a snapshot of its own,
     /// DEST then copied from the store [default: one per 4 CPUs; with 1, each layer fills its
     /// snapshot and DEST in the same pass].
-    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(
+        long,
+        short = 'j',
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..),
+        conflicts_with = "no_store"
+    )]
     jobs: Option<u16>,
     /// OCI image layout: PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG].
     image: String,

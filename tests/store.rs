@@ -336,6 +336,24 @@ fn overlay_store(env: &TestEnv) -> bool {
 }
 
 #[test]
+fn jobs_without_a_store_is_refused() {
+    let env = TestEnv::new();
+    let image = three_layer_image(&env.path().join("img"));
+    let dest = env.dest("rootfs");
+    let out = env.strata(args![
+        "unpack",
+        "--no-store",
+        "--jobs",
+        "2",
+        &image.path,
+        &dest
+    ]);
+    out.failure();
+    assert_mentions(&out.stderr, &["--no-store", "--jobs"]);
+    assert!(fs::symlink_metadata(&dest).is_err(), "DEST made");
+}
+
+#[test]
 fn side_by_side_layers_go_into_parentless_snapshots_committed_in_order() {
     let env = TestEnv::new();
     let image = three_layer_image(&env.path().join("img"));
