@@ -397,10 +397,7 @@ fn layer_blob_digest_mismatch_names_the_blob_digest() {
     let env = TestEnv::new();
     let image = data_image(&env, &noise(16 * 1024), Compression::Gzip);
     let layer = image.layers[0].digest.clone();
-    image.edit_blob(&layer, |bytes| {
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x55;
-    });
+    image.corrupt_blob(&layer);
 
     let (out, dest) = unpack_fails(&env, &image.path);
     assert_mentions(out.failure(), &["layer 1", &layer, "digest"]);
@@ -756,10 +753,7 @@ fn no_store_digest_mismatch_leaves_no_dest() {
     let env = TestEnv::new();
     let image = data_image(&env, &noise(16 * 1024), Compression::Gzip);
     let layer = image.layers[0].digest.clone();
-    image.edit_blob(&layer, |bytes| {
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x55;
-    });
+    image.corrupt_blob(&layer);
 
     let (out, dest) = unpack_without_store_fails(&env, &image);
     assert_mentions(out.failure(), &["layer 1", &layer, "digest"]);

@@ -437,10 +437,7 @@ fn side_by_side_corrupt_layer_commits_nothing_from_it_up() {
         )
         .write(&env.path().join("img"));
     let corrupt = image.layers[2].digest.clone();
-    image.edit_blob(&corrupt, |bytes| {
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x55;
-    });
+    image.corrupt_blob(&corrupt);
     let dest = env.dest("rootfs");
 
     let out = unpack_side_by_side(&env, 4, &image.path, &dest);
@@ -967,10 +964,7 @@ fn no_store_failure_leaves_no_helper_behind() {
     let env = TestEnv::new();
     let image = three_layer_image(&env.path().join("img"));
     let corrupt = image.layers[0].digest.clone();
-    image.edit_blob(&corrupt, |bytes| {
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x55;
-    });
+    image.corrupt_blob(&corrupt);
     let dest = env.dest("rootfs");
 
     let out = env.strata(args!["unpack", "--no-store", &image.path, &dest]);

@@ -64,7 +64,7 @@ pub fn inflate(
     Ok(())
 }
 
-/// Fills `buf` as far as the stream allows, so chunks are full except the last.
+/// Fills `buf` as far as the stream allows: short only where the stream ends.
 pub(super) fn read_full(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {

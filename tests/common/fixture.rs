@@ -774,6 +774,14 @@ impl WrittenImage {
         fs::write(&path, bytes).unwrap();
     }
 
+    /// Flips a byte in the middle of a blob: same size, another digest.
+    pub fn corrupt_blob(&self, digest: &str) {
+        self.edit_blob(digest, |bytes| {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+        });
+    }
+
     pub fn manifest(&self) -> Value {
         read_json(&self.blob_path(&self.manifest_digest))
     }
