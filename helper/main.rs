@@ -123,7 +123,9 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
         } => {
             // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads stdin.
             let stdin = unsafe { File::from_raw_fd(0) };
-            let input = BufReader::with_capacity(1024 * 1024, stdin);
+            // Small reads: the kernel copies each into a buffer still in the CPU's cache.
+            // Reading 200 MB through a 1 MiB buffer took four times the CPU (measured).
+            let input = BufReader::with_capacity(64 * 1024, stdin);
             let lowers: Vec<_> = overlay_lowers.iter().map(|fd| fd.as_fd()).collect();
             let main = extract::Tree {
                 root: root.as_fd(),

@@ -16,8 +16,9 @@ use crate::digest::{Digest, Verifier};
 /// How large the pipe is made: the fewer times it fills, the fewer wake-ups of the helper.
 const PIPE_SIZE: usize = 1 << 20;
 /// How much is hashed and then passed on at a time: small enough to stay in the CPU's cache
-/// between the read and the hash.
-const STEP: usize = 512 << 10;
+/// between the read and the hash, and to wake the helper, which reads as little at a time, as
+/// soon as there is something for it.
+const STEP: usize = 64 << 10;
 
 pub struct Blob {
     file: File,
