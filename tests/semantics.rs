@@ -304,6 +304,71 @@ fn whiteout_and_opaque_files_never_appear_in_the_result() {
     }
 }
 
+/// An update layer, as a package upgrade makes: many files of a lower directory rewritten (the
+/// writer threads replace them), one of a hardlink pair, a symlink and a directory replaced
+/// by files, with a whiteout of a rewritten name and an opaque marker in another directory.
+#[test]
+fn an_update_layer_rewrites_lower_files_and_only_them() {
+    let env = TestEnv::new();
+    let names: Vec<String> = (0..300).map(|i| format!("usr/lib/f{i:03}")).collect();
+    let mut lower = Layer::new()
+        .dir("usr/", 0o755)
+        .dir("usr/lib/", 0o755)
+        .dir("usr/lib/sub/", 0o755)
+        .file("usr/lib/sub/inner", b"lower", 0o644)
+        .dir("opt/", 0o755)
+        .file("opt/old", b"lower", 0o644);
+    for name in &names {
+        lower = lower.file(name, b"lower", 0o644);
+    }
+    let lower = lower
+        .hardlink("usr/lib/pair", "usr/lib/f000")
+        .symlink("usr/lib/link", "f001");
+    let mut update = Layer::new();
+    for (i, name) in names.iter().enumerate().filter(|(i, _)| i % 3 != 2) {
+        let entry = Entry::file(name, format!("update {i}"))
+            .mode(0o640 + (i as u32 % 2) * 0o100)
+            .owner(0, i as u64 % 2);
+        update = update.entry(entry);
+    }
+    let image = Image::new()
+        .layer(lower)
+        .layer(
+            update
+                .file("usr/lib/pair", b"pair alone", 0o644)
+                .file("usr/lib/link", b"a file where a symlink was", 0o644)
+                .file("usr/lib/sub", b"a file where a directory was", 0o644)
+                .whiteout("usr/lib/f003")
+                .file("usr/lib/f000", b"written twice", 0o600)
+                .opaque("opt")
+                .file("opt/new", b"new", 0o644),
+        )
+        .write(&layout(&env, "img"));
+    for u in unpack_both(&env, &image.path) {
+        let tree = &u.tree;
+        for (i, name) in names.iter().enumerate().skip(1) {
+            let expected = if i % 3 == 2 {
+                "lower".to_owned()
+            } else {
+                format!("update {i}")
+            };
+            assert_file(tree, name, expected.as_bytes());
+        }
+        assert_eq!(tree.node("usr/lib/f004").mode, 0o640);
+        assert_eq!(tree.node("usr/lib/f001").mode, 0o740);
+        assert_file(tree, "usr/lib/f000", b"written twice");
+        assert_eq!(tree.node("usr/lib/f000").mode, 0o600);
+        assert_file(tree, "usr/lib/pair", b"pair alone");
+        assert_eq!(tree.node("usr/lib/pair").nlink, 1);
+        assert_file(tree, "usr/lib/link", b"a file where a symlink was");
+        assert_file(tree, "usr/lib/sub", b"a file where a directory was");
+        assert_absent(tree, "usr/lib/sub/inner");
+        assert_eq!(children(tree, "opt"), ["new"]);
+        assert_eq!(children(tree, "usr/lib").len(), 303);
+        assert_no_whiteouts(tree);
+    }
+}
+
 #[test]
 fn whiteout_spares_a_file_written_earlier_in_the_same_layer() {
     // layer.md: files present in the same layer as a whiteout can only be hidden by whiteouts

@@ -19,7 +19,9 @@ use nix::sys::stat::{
     utimensat,
 };
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, mkfifoat, symlinkat};
+use nix::unistd::{
+    Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, mkfifoat, symlinkat, unlinkat,
+};
 use tar::EntryType;
 
 use super::owner;
@@ -201,9 +203,9 @@ impl<'a> Applier<'a> {
         match classify(&path)? {
             Action::Create => self.create(&path, kind, entry),
             // Both remove only what lower layers left, never a name of this layer, as every
-            // handed-out file is: on a plain tree they can go on beside the writers. Through
-            // an overlay, their lookups must not meet a directory being written behind
-            // overlayfs's back.
+            // handed-out file is (its writer removes the lower file it replaces): on a plain
+            // tree they can go on beside the writers. Through an overlay, their lookups must
+            // not meet a directory being written behind overlayfs's back.
             Action::Whiteout { target } => {
                 if self.overlay_upper.is_some() {
                     self.wait_for_writers()?;
@@ -325,15 +327,26 @@ impl<'a> Applier<'a> {
         // A new name in a directory the layer made (a link goes where its target is found).
         let adds_to_fresh_dir =
             kind != EntryType::Link && parent_fresh && !self.upper.contains(path);
+        // A small file in a directory of lower layers may be handed out too, on a plain tree,
+        // if what it replaces turns out to be a regular file or nothing (see below).
+        let is_file = matches!(
+            kind,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+        );
+        let may_hand_out_over_lower = is_file
+            && !parent_fresh
+            && self.overlay_upper.is_none()
+            && self.hands_out(entry.size())
+            && !self.handed_out.contains(path);
         // Files handed out may still be on their way: wait for them, unless this entry only
-        // adds a name none of them has, in a directory none of them can be (the previous
-        // entry's parent was checked already).
+        // adds or replaces a name none of them has, in a directory none of them can be (the
+        // previous entry's parent was checked already).
         let same_parent = matches!(&self.parent_cache, Some((cached, ..)) if cached == parent_path);
         let under_handed_out = !same_parent
             && parent_path
                 .ancestors()
                 .any(|dir| self.handed_out.contains(dir));
-        if !adds_to_fresh_dir || under_handed_out {
+        if !(adds_to_fresh_dir || may_hand_out_over_lower) || under_handed_out {
             self.wait_for_writers()?;
         }
         let direct = adds_to_fresh_dir && !self.overlay_seen.contains(parent_path);
@@ -352,8 +365,24 @@ impl<'a> Applier<'a> {
             }
             EntryType::Directory => self.make_dir(parent, name, path, meta)?,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.replace(parent, path)?;
-                self.write_file(&parent_dir, path, entry, meta)?;
+                // A lower regular file has no names below it that other entries could be
+                // using, nor is it a way to some directory: its writer removes it. Anything
+                // else is removed here, once no file handed out can be in it.
+                let unlink_first = if may_hand_out_over_lower {
+                    match at::lstat(parent, name)? {
+                        None => false,
+                        Some(st) if at::is_regular(&st) => true,
+                        Some(_) => {
+                            self.wait_for_writers()?;
+                            self.replace(parent, path)?;
+                            false
+                        }
+                    }
+                } else {
+                    self.replace(parent, path)?;
+                    false
+                };
+                self.write_file(&parent_dir, path, entry, meta, unlink_first)?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -429,20 +458,30 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Whether a file of `size` bytes goes to the writer threads.
+    fn hands_out(&self, size: u64) -> bool {
+        size <= SMALL_FILE && self.writers.threaded()
+    }
+
     /// Writes a regular file: a small one through the writer threads if there are any, a
-    /// larger one here, straight from the stream.
+    /// larger one here, straight from the stream. `unlink_first`: a regular file of a lower
+    /// layer is in the way, for the small file's writer to remove.
     fn write_file<R: Read>(
         &mut self,
         parent: &Arc<OwnedFd>,
         path: &Path,
         entry: &mut tar::Entry<'_, R>,
         meta: Meta,
+        unlink_first: bool,
     ) -> Result<()> {
         let expected = entry.size();
         let short = |written: u64| {
             anyhow!("layer stream ended {written} bytes into a {expected}-byte file")
         };
-        if expected > SMALL_FILE || !self.writers.threaded() {
+        if !self.hands_out(expected) {
+            if unlink_first {
+                remove_file(parent.as_fd(), path)?;
+            }
             let buf = &mut self.buf;
             let fill = |file: &mut File| -> Result<()> {
                 let mut written = 0u64;
@@ -474,7 +513,12 @@ impl<'a> Applier<'a> {
         let (entry_name, buffers) = (super::entry_name(entry), self.buffers.clone());
         let job = move || {
             let fill = |file: &mut File| Ok(file.write_all(&data[..len])?);
-            let created = create_file(parent.as_fd(), &owned_path, &meta, mapped_ids, fill);
+            let created = (|| {
+                if unlink_first {
+                    remove_file(parent.as_fd(), &owned_path)?;
+                }
+                create_file(parent.as_fd(), &owned_path, &meta, mapped_ids, fill)
+            })();
             buffers.give_back(data);
             created.context(entry_name)
         };
@@ -791,6 +835,15 @@ fn mark_opaque(dir: BorrowedFd, path: &Path) -> Result<()> {
 
 fn needs_lowers(path: &Path, why: &str) -> anyhow::Error {
     NeedsLowers(format!("{} {why}", path.display())).into()
+}
+
+/// Removes the file `path` (named in `parent`), which is not a directory.
+fn remove_file(parent: BorrowedFd, path: &Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .expect("entries below the root have a name");
+    unlinkat(parent, name, UnlinkatFlags::NoRemoveDir)
+        .with_context(|| format!("removing the existing {}", path.display()))
 }
 
 /// Creates the regular file `path` (named in `parent`) with `meta`, its contents written by

@@ -387,6 +387,62 @@ mod tests {
     }
 
     #[test]
+    fn files_handed_out_over_a_lower_layer_replace_only_what_they_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let names: Vec<String> = (0..200).map(|i| format!("d/f{i}")).collect();
+        let mut lower = vec![E::Dir("d"), E::Dir("d/x"), E::File("d/x/inner", "1")];
+        lower.extend(names.iter().map(|name| E::File(name, "lower")));
+        lower.extend([
+            E::Hardlink("d/h1", "d/f0"),
+            E::Symlink("d/s", "f1"),
+            E::Dir("t"),
+            E::Symlink("d/p", "../t"),
+        ]);
+        apply(root, &lower).unwrap();
+
+        let contents: Vec<String> = (0..200).map(|i| format!("upper {i}")).collect();
+        let mut upper: Vec<E> = names
+            .iter()
+            .zip(&contents)
+            .map(|(name, data)| E::File(name, data))
+            .collect();
+        upper.extend([
+            E::File("d/h1", "h1 alone"),
+            E::File("d/s", "a file where a symlink was"),
+            E::File("d/x", "a file where a directory was"),
+            E::File("d/p", "a file where a link to a directory was"),
+            E::File("d/.wh.f5", ""),
+            E::File("d/f7", "written twice"),
+            E::Hardlink("d/link", "d/f199"),
+            E::File("d/new", "new"),
+        ]);
+        apply(root, &upper).unwrap();
+
+        assert_eq!(read(&root.join("d/f0")), "upper 0");
+        assert_eq!(read(&root.join("d/f5")), "upper 5");
+        assert_eq!(read(&root.join("d/f7")), "written twice");
+        assert_eq!(read(&root.join("d/f198")), "upper 198");
+        assert_eq!(read(&root.join("d/h1")), "h1 alone");
+        assert_eq!(fs::metadata(root.join("d/f0")).unwrap().nlink(), 1);
+        assert_eq!(read(&root.join("d/s")), "a file where a symlink was");
+        assert_eq!(read(&root.join("d/x")), "a file where a directory was");
+        assert!(fs::symlink_metadata(root.join("d/p")).unwrap().is_file());
+        assert!(root.join("t").is_dir());
+        let (link, target) = (
+            fs::metadata(root.join("d/link")).unwrap(),
+            fs::metadata(root.join("d/f199")).unwrap(),
+        );
+        assert_eq!(link.ino(), target.ino());
+        assert_eq!(read(&root.join("d/link")), "upper 199");
+        assert_eq!(read(&root.join("d/new")), "new");
+        // 200 files, h1, s, x, p, link, new.
+        assert_eq!(fs::read_dir(root.join("d")).unwrap().count(), 206);
+        // A directory the layer only changed keeps its times.
+        assert_eq!(fs::metadata(root.join("d")).unwrap().mtime(), 1_000_000);
+    }
+
+    #[test]
     fn the_diff_id_covers_trailing_bytes() {
         let tmp = tempfile::tempdir().unwrap();
         let mut stream = tar_of(&[E::File("f", "x")]);
