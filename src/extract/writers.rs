@@ -2,10 +2,11 @@
 //! of creating them is what takes time, and one thread spends most of it waiting on the
 //! kernel: handing the files out lets that work spread over the cores.
 //!
-//! The applier only hands out files that nothing else in the layer can be waiting for (new
-//! names in directories the layer made), and waits for every handed-out file ([`Writers::wait`])
-//! before anything that could touch one: removals, links, the end of the layer (and, through
-//! an overlay, whiteouts and opaque markers).
+//! The applier only hands out files that nothing else in the layer can be waiting for: new
+//! names in directories the layer made and, on a plain tree, names that hold nothing or a lower
+//! layer's regular file (which the writer removes first). It waits for every handed-out file
+//! ([`Writers::wait`]) before anything that could touch one: removals, links, the end of the
+//! layer (and, through an overlay, whiteouts and opaque markers).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
