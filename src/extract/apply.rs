@@ -130,6 +130,16 @@ fn reopen_dir(root: BorrowedFd, path: &Path) -> Option<OwnedFd> {
     at::open_subdir(parent.as_fd(), name).ok()
 }
 
+/// A resolved parent directory of entries.
+struct ParentDir {
+    path: PathBuf,
+    /// The overlay's upper directory, not the merged one.
+    in_upper: bool,
+    /// Reached through real directories alone: `path` is the only path to it.
+    real_path: bool,
+    fd: Arc<OwnedFd>,
+}
+
 pub struct Applier<'a> {
     root: BorrowedFd<'a>,
     /// With `root` an overlay mount: its upper directory, where entries that only add names to
@@ -138,6 +148,12 @@ pub struct Applier<'a> {
     writers: &'a Writers,
     /// Files handed to `writers` since they were last all done.
     handed_out: PathSet,
+    /// Since then: a file went out over a lower layer's name without waiting, or one went out
+    /// into a directory reached through a symlink. Such a directory has two paths, and names
+    /// are compared as paths: the two kinds never go out together, and nothing else goes on
+    /// through a symlink while the first kind may be on its way.
+    handed_out_over_lower: bool,
+    handed_out_through_symlink: bool,
     /// The number of the entry being applied.
     entry: u64,
     /// How many ids the current user namespace maps from 0.
@@ -150,9 +166,8 @@ pub struct Applier<'a> {
     /// Directories this layer created (rather than merged into): nothing of lower layers is
     /// in them.
     fresh_dirs: PathSet,
-    /// The last entry's parent directory (and whether it is the upper one), for the next entry
-    /// with the same parent.
-    parent_cache: Option<(PathBuf, bool, Arc<OwnedFd>)>,
+    /// The last entry's parent directory, for the next entry with the same parent.
+    parent_cache: Option<ParentDir>,
     /// Directories whose names overlayfs may have looked up and missed (a whiteout's, a link's):
     /// a name made there behind its back could stay hidden from it, so none is.
     overlay_seen: PathSet,
@@ -179,6 +194,8 @@ impl<'a> Applier<'a> {
             overlay_seen: PathSet::default(),
             writers,
             handed_out: PathSet::default(),
+            handed_out_over_lower: false,
+            handed_out_through_symlink: false,
             entry: 0,
             mapped_ids,
             upper: UpperPaths::default(),
@@ -202,20 +219,12 @@ impl<'a> Applier<'a> {
         let path = normalize(&entry.path_bytes())?;
         match classify(&path)? {
             Action::Create => self.create(&path, kind, entry),
-            // Both remove only what lower layers left, never a name of this layer, as every
-            // handed-out file is (its writer removes the lower file it replaces): on a plain
-            // tree they can go on beside the writers. Through an overlay, their lookups must
-            // not meet a directory being written behind overlayfs's back.
             Action::Whiteout { target } => {
-                if self.overlay_upper.is_some() {
-                    self.wait_for_writers()?;
-                }
+                self.wait_before_removing_in(target.parent().unwrap_or(Path::new("")))?;
                 self.whiteout(&target)
             }
             Action::Opaque { dir } => {
-                if self.overlay_upper.is_some() {
-                    self.wait_for_writers()?;
-                }
+                self.wait_before_removing_in(dir)?;
                 self.opaque(dir)
             }
             Action::AufsMeta => Ok(()),
@@ -224,7 +233,23 @@ impl<'a> Applier<'a> {
 
     fn wait_for_writers(&mut self) -> Result<()> {
         self.handed_out.clear();
+        self.handed_out_over_lower = false;
+        self.handed_out_through_symlink = false;
         self.writers.wait()
+    }
+
+    /// Whiteouts and opaque markers remove only what lower layers left, never a name of this
+    /// layer, as every handed-out file is (its writer removes the lower file it replaces): on
+    /// a plain tree they go on beside the writers. Unless `dir` is reached through a symlink
+    /// while files went out over lower names: the paths they compare would not be the ones
+    /// those files went out under. Through an overlay, their lookups must not meet a directory
+    /// being written behind overlayfs's back.
+    fn wait_before_removing_in(&mut self, dir: &Path) -> Result<()> {
+        let aliased = self.handed_out_over_lower && at::resolve_real_dir(self.root, dir).is_err();
+        if self.overlay_upper.is_some() || aliased {
+            self.wait_for_writers()?;
+        }
+        Ok(())
     }
 
     /// Sets the deferred directory modes and times: the layer's own directories get their
@@ -333,7 +358,7 @@ impl<'a> Applier<'a> {
             kind,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
         );
-        let may_hand_out_over_lower = is_file
+        let may_go_over_lower = is_file
             && !parent_fresh
             && self.overlay_upper.is_none()
             && self.hands_out(entry.size())
@@ -341,16 +366,21 @@ impl<'a> Applier<'a> {
         // Files handed out may still be on their way: wait for them, unless this entry only
         // adds or replaces a name none of them has, in a directory none of them can be (the
         // previous entry's parent was checked already).
-        let same_parent = matches!(&self.parent_cache, Some((cached, ..)) if cached == parent_path);
+        let same_parent = matches!(&self.parent_cache, Some(cached) if cached.path == parent_path);
         let under_handed_out = !same_parent
             && parent_path
                 .ancestors()
                 .any(|dir| self.handed_out.contains(dir));
-        if !(adds_to_fresh_dir || may_hand_out_over_lower) || under_handed_out {
+        if !(adds_to_fresh_dir || may_go_over_lower) || under_handed_out {
             self.wait_for_writers()?;
         }
         let direct = adds_to_fresh_dir && !self.overlay_seen.contains(parent_path);
-        let parent_dir = self.parent_dir(parent_path, direct)?;
+        let (parent_dir, real_path) = self.parent_dir(parent_path, direct)?;
+        // The name compared above is the one path to it only through real directories.
+        let over_lower = may_go_over_lower && real_path && !self.handed_out_through_symlink;
+        if may_go_over_lower && !over_lower || !real_path && self.handed_out_over_lower {
+            self.wait_for_writers()?;
+        }
         let parent = parent_dir.as_fd();
         // A directory the layer made gets the times its entry names.
         if !parent_fresh {
@@ -368,20 +398,24 @@ impl<'a> Applier<'a> {
                 // A lower regular file has no names below it that other entries could be
                 // using, nor is it a way to some directory: its writer removes it. Anything
                 // else is removed here, once no file handed out can be in it.
-                let unlink_first = if may_hand_out_over_lower {
+                let (mut unlink_first, mut without_waiting) = (false, over_lower);
+                if over_lower {
                     match at::lstat(parent, name)? {
-                        None => false,
-                        Some(st) if at::is_regular(&st) => true,
+                        None => {}
+                        Some(st) if at::is_regular(&st) => unlink_first = true,
                         Some(_) => {
                             self.wait_for_writers()?;
+                            without_waiting = false;
                             self.replace(parent, path)?;
-                            false
                         }
                     }
                 } else {
                     self.replace(parent, path)?;
-                    false
-                };
+                }
+                if self.hands_out(entry.size()) {
+                    self.handed_out_over_lower |= without_waiting;
+                    self.handed_out_through_symlink |= !real_path;
+                }
                 self.write_file(&parent_dir, path, entry, meta, unlink_first)?;
             }
             EntryType::Symlink => {
@@ -416,25 +450,41 @@ impl<'a> Applier<'a> {
     /// real directories alone, so it is the very directory the overlay shows; and only new
     /// names, which overlayfs has never looked up (see `overlay_seen`), so it has nothing
     /// cached that the change would make stale.
-    fn parent_dir(&mut self, path: &Path, direct: bool) -> Result<Arc<OwnedFd>> {
+    ///
+    /// Also returns whether `path` leads there through real directories alone.
+    fn parent_dir(&mut self, path: &Path, direct: bool) -> Result<(Arc<OwnedFd>, bool)> {
         let upper = self.overlay_upper.filter(|_| direct);
-        if let Some((cached, in_upper, fd)) = &self.parent_cache
-            && cached == path
-            && *in_upper == upper.is_some()
+        if let Some(cached) = &self.parent_cache
+            && cached.path == path
+            && cached.in_upper == upper.is_some()
         {
-            return Ok(fd.clone());
+            return Ok((cached.fd.clone(), cached.real_path));
         }
-        let (fd, in_upper) = match upper.map(|upper| at::resolve_real_dir(upper, path)) {
-            Some(Ok(fd)) => (fd, true),
-            _ => {
-                let fd = at::resolve_dir_creating(self.root, path)
-                    .with_context(|| format!("resolving parent directory {}", path.display()))?;
-                (fd, false)
-            }
+        let resolved = match upper {
+            Some(upper) => at::resolve_real_dir(upper, path).map(|fd| (fd, true)),
+            None => Err(io::Error::from(Errno::ENOENT)),
+        };
+        let (fd, in_upper, real_path) = match resolved {
+            Ok((fd, in_upper)) => (fd, in_upper, true),
+            Err(_) => match at::resolve_real_dir(self.root, path) {
+                Ok(fd) => (fd, false, true),
+                // Through a symlink, or missing directories to make.
+                Err(_) => {
+                    let fd = at::resolve_dir_creating(self.root, path).with_context(|| {
+                        format!("resolving parent directory {}", path.display())
+                    })?;
+                    (fd, false, false)
+                }
+            },
         };
         let fd = Arc::new(fd);
-        self.parent_cache = Some((path.to_path_buf(), in_upper, fd.clone()));
-        Ok(fd)
+        self.parent_cache = Some(ParentDir {
+            path: path.to_path_buf(),
+            in_upper,
+            real_path,
+            fd: fd.clone(),
+        });
+        Ok((fd, real_path))
     }
 
     /// Removes whatever is at `name`, unless it is a directory that a directory entry merges into.

@@ -443,6 +443,40 @@ mod tests {
     }
 
     #[test]
+    fn a_file_named_through_a_symlink_and_its_real_path_is_written_in_entry_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let names: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
+        let real: Vec<String> = names.iter().map(|name| format!("real/{name}")).collect();
+        let link: Vec<String> = names.iter().map(|name| format!("link/{name}")).collect();
+        let mut lower = vec![E::Dir("real"), E::Symlink("link", "real")];
+        lower.extend(real.iter().map(|path| E::File(path, "lower")));
+        lower.push(E::File("real/gone", "lower"));
+        apply(root, &lower).unwrap();
+
+        // Each file twice, through the real path and through the symlink, in turn first.
+        let mut upper = Vec::new();
+        for i in 0..names.len() {
+            let (first, second) = if i % 2 == 0 {
+                (&real[i], &link[i])
+            } else {
+                (&link[i], &real[i])
+            };
+            upper.extend([E::File(first, "first"), E::File(second, "second")]);
+        }
+        // A file of this layer, then a whiteout of it through the symlink: applied one entry
+        // after the other, the whiteout removes it.
+        upper.extend([E::File("real/gone", "upper"), E::File("link/.wh.gone", "")]);
+        apply(root, &upper).unwrap();
+
+        for path in &real {
+            assert_eq!(read(&root.join(path)), "second", "{path}");
+        }
+        assert!(!root.join("real/gone").exists());
+        assert_eq!(fs::read_dir(root.join("real")).unwrap().count(), 100);
+    }
+
+    #[test]
     fn the_diff_id_covers_trailing_bytes() {
         let tmp = tempfile::tempdir().unwrap();
         let mut stream = tar_of(&[E::File("f", "x")]);
