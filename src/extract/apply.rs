@@ -376,7 +376,8 @@ impl<'a> Applier<'a> {
         }
         let direct = adds_to_fresh_dir && !self.overlay_seen.contains(parent_path);
         let (parent_dir, real_path) = self.parent_dir(parent_path, direct)?;
-        // The name compared above is the one path to it only through real directories.
+        // Names are compared as paths above: for this file, soundly only when its path is
+        // the one path to it (see `handed_out_over_lower`).
         let over_lower = may_go_over_lower && real_path && !self.handed_out_through_symlink;
         if may_go_over_lower && !over_lower || !real_path && self.handed_out_over_lower {
             self.wait_for_writers()?;
@@ -460,22 +461,16 @@ impl<'a> Applier<'a> {
         {
             return Ok((cached.fd.clone(), cached.real_path));
         }
-        let resolved = match upper {
-            Some(upper) => at::resolve_real_dir(upper, path).map(|fd| (fd, true)),
-            None => Err(io::Error::from(Errno::ENOENT)),
-        };
-        let (fd, in_upper, real_path) = match resolved {
-            Ok((fd, in_upper)) => (fd, in_upper, true),
-            Err(_) => match at::resolve_real_dir(self.root, path) {
-                Ok(fd) => (fd, false, true),
-                // Through a symlink, or missing directories to make.
-                Err(_) => {
-                    let fd = at::resolve_dir_creating(self.root, path).with_context(|| {
-                        format!("resolving parent directory {}", path.display())
-                    })?;
-                    (fd, false, false)
-                }
-            },
+        let in_upper = upper.and_then(|upper| at::resolve_real_dir(upper, path).ok());
+        let (fd, in_upper, real_path) = if let Some(fd) = in_upper {
+            (fd, true, true)
+        } else if let Ok(fd) = at::resolve_real_dir(self.root, path) {
+            (fd, false, true)
+        } else {
+            // Through a symlink, or with directories to make.
+            let fd = at::resolve_dir_creating(self.root, path)
+                .with_context(|| format!("resolving parent directory {}", path.display()))?;
+            (fd, false, false)
         };
         let fd = Arc::new(fd);
         self.parent_cache = Some(ParentDir {
