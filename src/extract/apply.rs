@@ -148,8 +148,8 @@ pub struct Applier<'a> {
     writers: &'a Writers,
     /// Files handed to `writers` since they were last all done.
     handed_out: PathSet,
-    /// Since then: a file went out over a lower layer's name without waiting, or one went out
-    /// into a directory reached through a symlink. Such a directory has two paths, and names
+    /// Since then: a file went out over a lower layer's name, or one went out into a directory
+    /// reached through a symlink. Such a directory has two paths, and names
     /// are compared as paths: the two kinds never go out together, and nothing else goes on
     /// through a symlink while the first kind may be on its way.
     handed_out_over_lower: bool,
@@ -399,14 +399,13 @@ impl<'a> Applier<'a> {
                 // A lower regular file has no names below it that other entries could be
                 // using, nor is it a way to some directory: its writer removes it. Anything
                 // else is removed here, once no file handed out can be in it.
-                let (mut unlink_first, mut without_waiting) = (false, over_lower);
+                let mut unlink_first = false;
                 if over_lower {
                     match at::lstat(parent, name)? {
                         None => {}
                         Some(st) if at::is_regular(&st) => unlink_first = true,
                         Some(_) => {
                             self.wait_for_writers()?;
-                            without_waiting = false;
                             self.replace(parent, path)?;
                         }
                     }
@@ -414,7 +413,7 @@ impl<'a> Applier<'a> {
                     self.replace(parent, path)?;
                 }
                 if self.hands_out(entry.size()) {
-                    self.handed_out_over_lower |= without_waiting;
+                    self.handed_out_over_lower |= over_lower;
                     self.handed_out_through_symlink |= !real_path;
                 }
                 self.write_file(&parent_dir, path, entry, meta, unlink_first)?;
