@@ -836,9 +836,9 @@ fn mode_0000_directory_is_written_into_by_later_entries_and_layers() {
     for u in unpack_both(&env, &image.path) {
         let d = u.tree.node("d");
         assert_eq!((d.kind, d.mode, d.mtime), (Kind::Dir, 0, mtime(T1)));
-        assert_eq!(u.tree.node("d/sub").mode, 0);
         // Only root can look inside a mode-000 directory to check.
         if running_as_root() {
+            assert_eq!(u.tree.node("d/sub").mode, 0);
             assert_file(&u.tree, "d/same-layer", b"1");
             assert_file(&u.tree, "d/later-layer", b"2");
         }

@@ -20,7 +20,8 @@ use nix::sys::stat::{
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{
-    Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, mkfifoat, symlinkat, unlinkat,
+    Gid, Uid, UnlinkatFlags, fchown, fchownat, getegid, geteuid, linkat, mkfifoat, symlinkat,
+    unlinkat,
 };
 use tar::EntryType;
 
@@ -605,9 +606,12 @@ impl<'a> Applier<'a> {
         }
         let placement = owner::place(meta.uid, meta.gid, self.mapped_ids);
         // A merged directory takes the entry's owner and loses an old owner record, even when
-        // the entry's owner is the namespace's root; a new one is already root's, unrecorded.
+        // the entry's owner is the namespace's root: this process, whose ids a new directory
+        // already has, unrecorded. (Its own ids, not 0: outside a namespace, as in unit tests
+        // run by a user, it can give nothing else.)
         if placement.chown.is_some() || !created {
-            let (uid, gid) = placement.chown.unwrap_or((0, 0));
+            let own = (geteuid().as_raw(), getegid().as_raw());
+            let (uid, gid) = placement.chown.unwrap_or(own);
             fchown(&dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
         }
         if placement.record.is_none() && !created {
