@@ -1,0 +1,303 @@
+//! The archive, one entry after another (Go's `tar.Reader`): extension headers are read and
+//! applied to the entry they precede, and each entry's data is read, or skipped, through the
+//! reader.
+
+use std::io::{self, Read};
+
+use crate::block::{self, BLOCK, Block, Format};
+use crate::error::Error;
+use crate::header::{Header, Kind};
+use crate::numbers::{field_number, field_string, parse_decimal};
+use crate::pax::{self, Records};
+use crate::sparse::{self, PaxFormat};
+
+/// A tar stream read entry by entry.
+pub struct Archive<R> {
+    inner: R,
+    /// What is left of the current entry's data section, and the padding after it.
+    data_left: u64,
+    padding: u64,
+    /// Of a sparse entry: how many data bytes its map still places.
+    mapped_left: Option<u64>,
+    /// At the end, or after an error: Go's reader stops for good.
+    finished: bool,
+}
+
+impl<R: Read> Archive<R> {
+    /// An archive read from `inner`.
+    pub fn new(inner: R) -> Archive<R> {
+        Archive {
+            inner,
+            data_left: 0,
+            padding: 0,
+            mapped_left: None,
+            finished: false,
+        }
+    }
+
+    /// The next entry, once whatever is left of the current one's data is skipped; `None` at
+    /// the end of the archive (two zero blocks, or the end of the stream between entries).
+    pub fn next_header(&mut self) -> Result<Option<Header>, Error> {
+        if self.finished {
+            return Ok(None);
+        }
+        let next = self.read_next();
+        self.finished = !matches!(next, Ok(Some(_)));
+        next
+    }
+
+    /// The current entry's data: a regular file's contents, or a sparse file's data regions
+    /// one after the other.
+    pub fn data(&mut self) -> Data<'_, R> {
+        Data(self)
+    }
+
+    /// The stream, wherever reading stopped.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn read_next(&mut self) -> Result<Option<Header>, Error> {
+        let mut records: Option<Records> = None;
+        let (mut long_name, mut long_link) = (Vec::new(), Vec::new());
+        loop {
+            if !self.skip_rest()? {
+                return Ok(None);
+            }
+            let mut block = [0; BLOCK];
+            if !self.read_block(&mut block)? {
+                return Ok(None);
+            }
+            if block == [0; BLOCK] {
+                if !self.read_block(&mut block)? || block == [0; BLOCK] {
+                    return Ok(None);
+                }
+                return Err(Error::Header("a header after a zero block"));
+            }
+            let mut header = Header::parse(&block)?;
+            self.start_data(&header)?;
+            match header.kind {
+                // A later PAX header replaces an earlier one whole.
+                Kind::Other(b'x') => {
+                    records = Some(pax::parse(&self.read_special("a PAX header")?)?)
+                }
+                Kind::GlobalPax => {
+                    let global = pax::parse(&self.read_special("a PAX header")?)?;
+                    // Go yields it with its records, unless they do not apply.
+                    if pax::merge(&mut header, &global).is_err() {
+                        header.pax = None;
+                    }
+                    return Ok(Some(header));
+                }
+                Kind::Other(b'L') => {
+                    long_name = field_string(&self.read_special("a GNU long name")?).to_vec();
+                }
+                Kind::Other(b'K') => {
+                    long_link = field_string(&self.read_special("a GNU long link name")?).to_vec();
+                }
+                _ => {
+                    if let Some(records) = &records {
+                        pax::merge(&mut header, records)?;
+                    }
+                    // GNU long names win over PAX ones, as in Go.
+                    if !long_name.is_empty() {
+                        header.name = long_name;
+                    }
+                    if !long_link.is_empty() {
+                        header.link_name = long_link;
+                    }
+                    // V7 marked directories by a trailing slash alone.
+                    if block[block::TYPEFLAG] == 0 && header.name.ends_with(b"/") {
+                        header.kind = Kind::Directory;
+                    }
+                    // The records may have changed the size.
+                    self.start_data(&header)?;
+                    self.start_sparse(&mut header, &block)?;
+                    return Ok(Some(header));
+                }
+            }
+        }
+    }
+
+    /// Sets up reading the data section of `header`, which has none if its type has none.
+    fn start_data(&mut self, header: &Header) -> Result<(), Error> {
+        let size = if header.kind.is_header_only() {
+            0
+        } else {
+            header.size
+        };
+        let size = u64::try_from(size).map_err(|_| Error::Header("negative size"))?;
+        self.data_left = size;
+        self.padding = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
+        self.mapped_left = None;
+        Ok(())
+    }
+
+    /// Reads a sparse file's map, if `header` is one: its real size and data regions go into
+    /// `header`.
+    fn start_sparse(&mut self, header: &mut Header, block: &Block) -> Result<(), Error> {
+        let map = if header.kind == Kind::GnuSparse {
+            if block::format(block) != Some(Format::Gnu) {
+                return Err(Error::Header("an old GNU sparse header not in GNU format"));
+            }
+            header.size = field_number(&block[block::GNU_REAL_SIZE])
+                .ok_or(Error::Header("bad sparse file size"))?;
+            sparse::map_from_gnu_header(block, |extension| self.read_extension(extension))?
+        } else if let Some(records) = header.pax.take() {
+            let map = self.pax_sparse_map(header, &records);
+            header.pax = Some(records);
+            match map? {
+                Some(map) => map,
+                None => return Ok(()),
+            }
+        } else {
+            return Ok(());
+        };
+        if header.kind.is_header_only() {
+            return Err(Error::Header("a sparse map on an entry without data"));
+        }
+        let regions = sparse::regions(&map, header.size).ok_or(Error::Header("bad sparse map"))?;
+        self.mapped_left = Some(regions.iter().map(|region| region.length).sum());
+        header.sparse = Some(regions);
+        Ok(())
+    }
+
+    /// The map of a PAX sparse file (formats 0.0, 0.1, 1.0), which also gives its real name
+    /// and size; `None` when the records declare none.
+    fn pax_sparse_map(
+        &mut self,
+        header: &mut Header,
+        records: &Records,
+    ) -> Result<Option<sparse::RawMap>, Error> {
+        let Some(format) = sparse::pax_format(records) else {
+            return Ok(None);
+        };
+        let get = |key: &[u8]| records.get(key).filter(|value| !value.is_empty());
+        if let Some(name) = get(b"GNU.sparse.name") {
+            header.name = name.clone();
+        }
+        if let Some(size) = get(b"GNU.sparse.size").or_else(|| get(b"GNU.sparse.realsize")) {
+            header.size = parse_decimal(size).ok_or(Error::Header("bad sparse file size"))?;
+        }
+        Ok(Some(match format {
+            PaxFormat::InRecords => sparse::map_from_records(records)?,
+            PaxFormat::InData => sparse::map_from_data(|block| self.read_data_block(block))?,
+        }))
+    }
+
+    /// Skips the rest of the current entry's data and its padding. `false`: the stream ended
+    /// in the padding, which Go takes as the end of the archive.
+    fn skip_rest(&mut self) -> Result<bool, Error> {
+        let mut sink = [0; 8192];
+        while self.data_left > 0 {
+            let want = sink.len().min(self.data_left as usize);
+            self.read_data_raw(&mut sink[..want])?;
+        }
+        let padding = std::mem::take(&mut self.padding) as usize;
+        Ok(read_full(&mut self.inner, &mut sink[..padding])? == padding)
+    }
+
+    /// The next header block: `false` at the end of the stream.
+    fn read_block(&mut self, block: &mut Block) -> Result<bool, Error> {
+        match read_full(&mut self.inner, block)? {
+            0 => Ok(false),
+            BLOCK => Ok(true),
+            _ => Err(Error::Truncated("a header")),
+        }
+    }
+
+    /// An old GNU sparse header's extension block, which its size does not count.
+    fn read_extension(&mut self, block: &mut Block) -> Result<(), Error> {
+        match self.read_block(block)? {
+            true => Ok(()),
+            false => Err(Error::Truncated("a sparse map")),
+        }
+    }
+
+    /// A whole block of the entry's data (where a version 1.0 sparse map is).
+    fn read_data_block(&mut self, block: &mut Block) -> Result<(), Error> {
+        if self.data_left < BLOCK as u64 {
+            return Err(Error::Truncated("a sparse map"));
+        }
+        let mut filled = 0;
+        while filled < BLOCK {
+            filled += self.read_data_raw(&mut block[filled..])?;
+        }
+        Ok(())
+    }
+
+    /// An extension header's data, whole: at most [`crate::MAX_SPECIAL`] bytes.
+    fn read_special(&mut self, what: &'static str) -> Result<Vec<u8>, Error> {
+        if self.data_left > crate::MAX_SPECIAL {
+            return Err(Error::TooLong(what));
+        }
+        let mut data = vec![0; self.data_left as usize];
+        let mut filled = 0;
+        while filled < data.len() {
+            filled += self.read_data_raw(&mut data[filled..])?;
+        }
+        Ok(data)
+    }
+
+    /// Bytes of the data section, as they are stored.
+    fn read_data_raw(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let want = buf
+            .len()
+            .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let read = loop {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => return Err(Error::Truncated("an entry's data")),
+                Ok(read) => break read,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err.into()),
+            }
+        };
+        self.data_left -= read as u64;
+        Ok(read)
+    }
+
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let Some(mapped_left) = self.mapped_left else {
+            return self.read_data_raw(buf);
+        };
+        match (mapped_left, self.data_left) {
+            (0, 0) => return Ok(0),
+            (0, _) => return Err(Error::UnreferencedData),
+            (_, 0) => return Err(Error::MissingData),
+            _ => {}
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(mapped_left).unwrap_or(usize::MAX));
+        let read = self.read_data_raw(&mut buf[..want])?;
+        self.mapped_left = Some(mapped_left - read as u64);
+        Ok(read)
+    }
+}
+
+/// The current entry's data, read through its archive. A sparse file's data ends with an
+/// error, not with 0, when its map and its entry disagree on how much there is.
+pub struct Data<'a, R>(&'a mut Archive<R>);
+
+impl<R: Read> Read for Data<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(self.0.read_data(buf)?)
+    }
+}
+
+/// Fills `buf` as far as the stream allows: short only where it ends.
+fn read_full(inner: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match inner.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
