@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::thread;
@@ -19,6 +20,7 @@ use nix::sys::stat::{
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, mkfifoat, symlinkat};
+use nix::unistd::{Whence, lseek};
 
 use crate::at;
 
@@ -309,20 +311,61 @@ fn shown(path: &Path) -> String {
     }
 }
 
+/// Copies a file's contents: only where it has data, so that holes stay holes (a sparse
+/// file of 60 GB costs no more in a copy than in its layer).
 fn copy_contents(src: &File, dst: &File, size: u64) -> Result<()> {
-    let mut left = size;
-    while left > 0 {
-        let chunk = left.min(1 << 30) as usize;
-        match copy_file_range(src, None, dst, None, chunk) {
+    dst.set_len(size)?;
+    let mut offset = 0;
+    while offset < size {
+        let data = match lseek(src, offset as i64, Whence::SeekData) {
+            Ok(data) => data as u64,
+            // No data after `offset`: the rest is a hole.
+            Err(Errno::ENXIO) => break,
+            // A filesystem that cannot tell: everything is data.
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => offset,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = match lseek(src, data as i64, Whence::SeekHole) {
+            Ok(hole) => (hole as u64).min(size),
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => size,
+            Err(e) => return Err(e.into()),
+        };
+        copy_range(src, dst, data, hole.saturating_sub(data))?;
+        offset = hole.max(data + 1);
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes at `offset` from `src` to the same place in `dst`.
+fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> Result<()> {
+    let (mut from, mut to) = (offset as i64, offset as i64);
+    let end = (offset + len) as i64;
+    while from < end {
+        let chunk = ((end - from) as u64).min(1 << 30) as usize;
+        match copy_file_range(src, Some(&mut from), dst, Some(&mut to), chunk) {
             Ok(0) => break, // The source shrank: copy what there is.
-            Ok(n) => left -= n as u64,
+            Ok(_) => {}
             // Filesystems or kernels that cannot copy between these two files.
             Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                io::copy(&mut &*src, &mut &*dst)?;
-                break;
+                return copy_range_by_hand(src, dst, from as u64, (end - from) as u64);
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    Ok(())
+}
+
+fn copy_range_by_hand(src: &File, dst: &File, mut offset: u64, len: u64) -> Result<()> {
+    let end = offset + len;
+    let mut buf = vec![0; 256 * 1024];
+    while offset < end {
+        let want = buf.len().min((end - offset) as usize);
+        let n = src.read_at(&mut buf[..want], offset)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], offset)?;
+        offset += n as u64;
     }
     Ok(())
 }

@@ -26,23 +26,6 @@ fn unpack_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [Tree; 3] {
     })
 }
 
-/// Runs an unpack that must fail, in every mode; returns the error line of each. DEST must
-/// not exist afterwards.
-fn fail_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [String; 3] {
-    let image = image.as_ref();
-    [Mode::Store, Mode::NoStore, Mode::SideBySide].map(|mode| {
-        let dest = fresh_dest(env, mode);
-        let out = run_unpack(env, mode, &[], image, &dest);
-        let line = out.failure().to_owned();
-        assert!(
-            fs::symlink_metadata(&dest).is_err(),
-            "{mode:?}: {} left behind after a failure: {out}",
-            dest.display()
-        );
-        line
-    })
-}
-
 /// After a failed unpack the store is still usable: a good image unpacks with it.
 #[track_caller]
 fn assert_store_still_works(env: &TestEnv) {

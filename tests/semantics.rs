@@ -5,8 +5,6 @@
 mod common;
 use common::*;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -17,148 +15,9 @@ use serde_json::{Value, json};
 // Local helpers
 // ---------------------------------------------------------------------------------------------
 
-/// What one successful unpack produced.
-struct Unpacked {
-    mode: Mode,
-    dest: PathBuf,
-    tree: Tree,
-    report: Value,
-}
-
 /// A fresh layout directory inside the scratch dir.
 fn layout(env: &TestEnv, name: &str) -> PathBuf {
     env.path().join(name)
-}
-
-/// Unpacks IMAGE with the store and with `--no-store`, then from the filled store; all must
-/// succeed with the same tree.
-fn unpack_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [Unpacked; 2] {
-    unpack_both_with(env, &[], image)
-}
-
-/// [`unpack_both`] with extra arguments before IMAGE (`--platform …`).
-fn unpack_both_with(env: &TestEnv, extra: &[&str], image: impl AsRef<OsStr>) -> [Unpacked; 2] {
-    let image = image.as_ref();
-    let unpacked = [Mode::Store, Mode::NoStore].map(|mode| {
-        let dest = fresh_dest(env, mode);
-        let out = run_unpack(env, mode, extra, image, &dest);
-        out.success();
-        Unpacked {
-            mode,
-            tree: Tree::scan(&dest),
-            report: out.json(),
-            dest,
-        }
-    });
-    assert_same_tree(
-        ("store", &unpacked[0].tree),
-        ("no-store", &unpacked[1].tree),
-    );
-    // The store run filled DEST along with the snapshots; a second run finds every layer
-    // committed and copies DEST out of the snapshots: the same tree again.
-    let warm = fresh_dest(env, Mode::Store);
-    run_unpack(env, Mode::Store, extra, image, &warm).success();
-    assert_same_tree(("store", &unpacked[0].tree), ("warm", &Tree::scan(&warm)));
-    // Side by side into a store of its own, DEST copied from the snapshots: the same again.
-    let side = fresh_dest(env, Mode::SideBySide);
-    run_unpack(env, Mode::SideBySide, extra, image, &side).success();
-    assert_same_tree(
-        ("store", &unpacked[0].tree),
-        ("side by side", &Tree::scan(&side)),
-    );
-    unpacked
-}
-
-/// Runs an unpack that must fail, in every mode (side by side too); returns the error line of
-/// each. DEST must not be left behind, nor a staging directory beside it.
-fn fail_both(env: &TestEnv, image: impl AsRef<OsStr>) -> [String; 3] {
-    let image = image.as_ref();
-    [Mode::Store, Mode::NoStore, Mode::SideBySide].map(|mode| {
-        let dest = fresh_dest(env, mode);
-        let out = run_unpack(env, mode, &[], image, &dest);
-        let line = out.failure().to_owned();
-        assert!(
-            fs::symlink_metadata(&dest).is_err(),
-            "{mode:?}: {} left behind after a failure: {out}",
-            dest.display()
-        );
-        let debris: Vec<_> = fs::read_dir(env.path())
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(".rootfs"))
-            .collect();
-        assert!(debris.is_empty(), "{mode:?}: staging left: {debris:?}");
-        line
-    })
-}
-
-/// What must agree between the store and `--no-store` trees. Directory sizes and times are left
-/// out: sizes depend on the directory's history, and implicitly created parents get the time of
-/// extraction. Tests check the directory times they care about.
-fn comparable(node: &Node) -> String {
-    let dir = node.kind == Kind::Dir;
-    format!(
-        "{:?} mode={:o} owner={}:{} size={:?} hash={:?} target={:?} nlink={} mtime={:?} xattrs={:?}",
-        node.kind,
-        node.mode,
-        node.uid,
-        node.gid,
-        (!dir).then_some(node.size),
-        node.hash,
-        node.target,
-        node.nlink,
-        (!dir).then_some(node.mtime),
-        node.xattrs,
-    )
-}
-
-/// Paths that share an inode, as sets of two or more.
-fn link_groups(tree: &Tree) -> BTreeSet<Vec<String>> {
-    let mut by_inode: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
-    for (path, node) in tree.iter().filter(|(_, node)| node.kind != Kind::Dir) {
-        by_inode
-            .entry((node.dev, node.ino))
-            .or_default()
-            .push(path.clone());
-    }
-    by_inode
-        .into_values()
-        .filter(|paths| paths.len() > 1)
-        .collect()
-}
-
-#[track_caller]
-fn assert_same_tree((a_name, a_tree): (&str, &Tree), (b_name, b_tree): (&str, &Tree)) {
-    let describe = |tree: &Tree| -> BTreeMap<String, String> {
-        tree.iter()
-            .map(|(path, node)| (path.clone(), comparable(node)))
-            .collect()
-    };
-    let (a, b) = (describe(a_tree), describe(b_tree));
-    let differences: Vec<String> = a
-        .keys()
-        .chain(b.keys())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .filter(|path| a.get(*path) != b.get(*path))
-        .map(|path| {
-            format!(
-                "{path}:\n  {a_name:8} {:?}\n  {b_name:8} {:?}",
-                a.get(path),
-                b.get(path)
-            )
-        })
-        .collect();
-    assert!(
-        differences.is_empty(),
-        "the {a_name} and {b_name} trees differ:\n{}",
-        differences.join("\n")
-    );
-    assert_eq!(
-        link_groups(a_tree),
-        link_groups(b_tree),
-        "hardlinks differ between the {a_name} and {b_name} trees"
-    );
 }
 
 #[track_caller]

@@ -7,11 +7,12 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{
@@ -23,10 +24,10 @@ use nix::unistd::{
     Gid, Uid, UnlinkatFlags, fchown, fchownat, getegid, geteuid, linkat, mkfifoat, symlinkat,
     unlinkat,
 };
-use tar::EntryType;
+use strata_tar::{Header, Kind, Region};
 
 use super::owner;
-use super::path::{Action, PathSet, UpperPaths, classify, normalize};
+use super::path::{Action, PathSet, UpperPaths, classify, normalize, shown};
 use super::writers::{Buffers, SMALL_FILE, Writers};
 use super::{NeedsLowers, Tree};
 use crate::at;
@@ -43,49 +44,23 @@ struct Meta {
 }
 
 impl Meta {
-    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
-        let header = entry.header();
-        let (mode, uid, gid) = (header.mode()?, header.uid()?, header.gid()?);
-        let mut mtime = TimeSpec::new(header.mtime()? as i64, 0);
-        let mut xattrs = Vec::new();
-        if let Some(extensions) = entry.pax_extensions()? {
-            for extension in extensions {
-                let extension = extension?;
-                let key = extension.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((name.to_vec(), extension.value_bytes().to_vec()));
-                } else if key == b"mtime" {
-                    mtime = pax_time(extension.value_bytes()).unwrap_or(mtime);
-                }
-            }
+    /// Permission bits and setuid, setgid and sticky, as Go's `FileInfo` reads the mode
+    /// field; ids outside `0..2^64` (negative ones) are as far out of reach as the largest.
+    /// Xattrs are the `SCHILY.xattr.*` PAX records, empty values too, as containerd reads
+    /// them (libarchive's `LIBARCHIVE.xattr.*` are read by no engine).
+    fn of(header: &Header) -> Meta {
+        let xattrs = header.pax.iter().flatten().filter_map(|(key, value)| {
+            let name = key.strip_prefix(b"SCHILY.xattr.")?;
+            Some((name.to_vec(), value.clone()))
+        });
+        Meta {
+            mode: (header.mode & 0o7777) as u32,
+            uid: header.uid as u64,
+            gid: header.gid as u64,
+            mtime: TimeSpec::new(header.mtime.seconds, i64::from(header.mtime.nanos)),
+            xattrs: xattrs.collect(),
         }
-        Ok(Meta {
-            mode,
-            uid,
-            gid,
-            mtime,
-            xattrs,
-        })
     }
-}
-
-/// PAX times are decimal seconds with an optional fraction: `1600000000.123456789`.
-fn pax_time(value: &[u8]) -> Option<TimeSpec> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    let secs: i64 = secs.parse().ok()?;
-    let digits: String = frac.chars().take(9).collect();
-    let nanos: i64 = if digits.is_empty() {
-        0
-    } else {
-        format!("{digits:0<9}").parse().ok()?
-    };
-    // A negative time with a fraction counts the fraction downwards too.
-    Some(if secs < 0 && nanos > 0 {
-        TimeSpec::new(secs - 1, 1_000_000_000 - nanos)
-    } else {
-        TimeSpec::new(secs, nanos)
-    })
 }
 
 /// Directory mode and times are set after the whole layer: creating children would bump the
@@ -116,11 +91,11 @@ impl DirFix<'_> {
         };
         if let Some(mode) = self.mode {
             fchmod(&dir, Mode::from_bits_truncate(mode & 0o7777))
-                .with_context(|| format!("setting the mode of {}", path.display()))?;
+                .with_context(|| format!("setting the mode of {}", shown(path)))?;
         }
         let (atime, mtime) = &self.times;
         futimens(&dir, atime, mtime)
-            .with_context(|| format!("setting the times of {}", path.display()))?;
+            .with_context(|| format!("setting the times of {}", shown(path)))?;
         Ok(())
     }
 }
@@ -211,15 +186,16 @@ impl<'a> Applier<'a> {
         }
     }
 
-    pub fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+    /// Applies one entry; `data` is its data (see [`strata_tar::Archive::data`]).
+    pub fn apply(&mut self, header: &Header, data: &mut impl Read) -> Result<()> {
         self.entry += 1;
-        let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader) {
+        // Go yields global PAX headers as entries; the engines apply them to nothing.
+        if header.kind == Kind::GlobalPax {
             return Ok(());
         }
-        let path = normalize(&entry.path_bytes())?;
+        let path = normalize(&header.name)?;
         match classify(&path)? {
-            Action::Create => self.create(&path, kind, entry),
+            Action::Create => self.create(&path, header, data),
             Action::Whiteout { target } => {
                 self.wait_before_removing_in(target.parent().unwrap_or(Path::new("")))?;
                 self.whiteout(&target)
@@ -320,16 +296,12 @@ impl<'a> Applier<'a> {
             .extend(skipped.into_iter().map(|skip| (entry, skip)));
     }
 
-    fn create<R: Read>(
-        &mut self,
-        path: &Path,
-        kind: EntryType,
-        entry: &mut tar::Entry<'_, R>,
-    ) -> Result<()> {
+    fn create(&mut self, path: &Path, header: &Header, data: &mut impl Read) -> Result<()> {
+        let kind = header.kind;
         let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
             // The root itself: its metadata belongs to DEST, but its type may not change
             // (CVE-2021-29136: a symlink at `/` redirected later layers to the host).
-            if kind.is_dir() {
+            if kind == Kind::Directory {
                 return Ok(());
             }
             bail!(
@@ -337,11 +309,19 @@ impl<'a> Applier<'a> {
                 kind_name(kind)
             );
         };
-        if matches!(kind, EntryType::Char | EntryType::Block) {
-            self.skip(path, "device node");
-            return Ok(());
+        // What is not created leaves no trace, not even its parent directories.
+        match kind {
+            Kind::CharDevice | Kind::BlockDevice => {
+                self.skip(path, "device node");
+                return Ok(());
+            }
+            Kind::Other(_) | Kind::GlobalPax => {
+                self.skip(path, format!("unsupported entry type {}", kind_name(kind)));
+                return Ok(());
+            }
+            _ => {}
         }
-        let meta = Meta::read(entry)?;
+        let meta = Meta::of(header);
         let parent_fresh = self.fresh_dirs.contains(parent_path);
         if self.parentless && !parent_fresh && !parent_path.as_os_str().is_empty() {
             // The directory below would give it its owner, mode and times.
@@ -351,18 +331,13 @@ impl<'a> Applier<'a> {
             ));
         }
         // A new name in a directory the layer made (a link goes where its target is found).
-        let adds_to_fresh_dir =
-            kind != EntryType::Link && parent_fresh && !self.upper.contains(path);
+        let adds_to_fresh_dir = kind != Kind::Link && parent_fresh && !self.upper.contains(path);
         // A small file in a directory of lower layers may be handed out too, on a plain tree,
         // if what it replaces turns out to be a regular file or nothing (see below).
-        let is_file = matches!(
-            kind,
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
-        );
-        let may_go_over_lower = is_file
+        let may_go_over_lower = is_file(kind)
             && !parent_fresh
             && self.overlay_upper.is_none()
-            && self.hands_out(entry.size())
+            && self.hands_out(header)
             && !self.handed_out.contains(path);
         // Files handed out may still be on their way: wait for them, unless this entry only
         // adds or replaces a name none of them has, in a directory none of them can be (the
@@ -389,14 +364,12 @@ impl<'a> Applier<'a> {
             self.remember_times(parent_path, parent)?;
         }
         match kind {
-            EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .context("hardlink without a target")?;
-                self.hardlink(parent, path, &normalize(&target)?)?;
+            Kind::Link => {
+                let target = link_target(header, "hardlink")?;
+                self.hardlink(parent, path, &normalize(target)?)?;
             }
-            EntryType::Directory => self.make_dir(parent, name, path, meta)?,
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            Kind::Directory => self.make_dir(parent, name, path, meta)?,
+            Kind::Regular | Kind::Contiguous | Kind::GnuSparse => {
                 // A lower regular file has no names below it that other entries could be
                 // using, nor is it a way to some directory: its writer removes it. Anything
                 // else is removed here, once no file handed out can be in it.
@@ -413,28 +386,25 @@ impl<'a> Applier<'a> {
                 } else {
                     self.replace(parent, path)?;
                 }
-                if self.hands_out(entry.size()) {
+                if self.hands_out(header) {
                     self.handed_out_over_lower |= over_lower;
                     self.handed_out_through_symlink |= !real_path;
                 }
-                self.write_file(&parent_dir, path, entry, meta, unlink_first)?;
+                self.write_file(&parent_dir, path, header, data, meta, unlink_first)?;
             }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .context("symlink without a target")?;
+            Kind::Symlink => {
+                let target = link_target(header, "symlink")?;
                 self.replace(parent, path)?;
-                symlinkat(OsStr::from_bytes(&target), parent, name)?;
+                symlinkat(OsStr::from_bytes(target), parent, name)?;
                 self.set_meta_at(parent, name, &meta, false)?;
             }
-            EntryType::Fifo => {
+            Kind::Fifo => {
                 self.replace(parent, path)?;
                 mkfifoat(parent, name, Mode::from_bits_truncate(0o600))?;
                 self.set_meta_at(parent, name, &meta, true)?;
             }
-            other => {
-                self.skip(path, format!("unsupported entry type {}", kind_name(other)));
-                return Ok(());
+            Kind::CharDevice | Kind::BlockDevice | Kind::GlobalPax | Kind::Other(_) => {
+                unreachable!("skipped above")
             }
         }
         self.upper.insert(path);
@@ -469,7 +439,7 @@ impl<'a> Applier<'a> {
         } else {
             // Through a symlink, or with directories to make.
             let fd = at::resolve_dir_creating(self.root, path)
-                .with_context(|| format!("resolving parent directory {}", path.display()))?;
+                .with_context(|| format!("resolving parent directory {}", shown(path)))?;
             (fd, false, false)
         };
         let fd = Arc::new(fd);
@@ -495,7 +465,7 @@ impl<'a> Applier<'a> {
             .file_name()
             .expect("entries below the root have a name");
         let removed = at::remove_all(parent, name)
-            .with_context(|| format!("removing the existing {}", path.display()))?;
+            .with_context(|| format!("removing the existing {}", shown(path)))?;
         if removed {
             // It may have been a directory or symlink some resolved parent went through.
             self.parent_cache = None;
@@ -504,67 +474,51 @@ impl<'a> Applier<'a> {
     }
 
     /// Whether a file of `size` bytes goes to the writer threads.
-    fn hands_out(&self, size: u64) -> bool {
-        size <= SMALL_FILE && self.writers.threaded()
+    fn hands_out(&self, header: &Header) -> bool {
+        // A sparse file's size says nothing of its data: it is written here, hole by hole.
+        header.sparse.is_none() && header.size as u64 <= SMALL_FILE && self.writers.threaded()
     }
 
     /// Writes a regular file: a small one through the writer threads if there are any, a
     /// larger one here, straight from the stream. `unlink_first`: a regular file of a lower
     /// layer is in the way, for the small file's writer to remove.
-    fn write_file<R: Read>(
+    fn write_file(
         &mut self,
         parent: &Arc<OwnedFd>,
         path: &Path,
-        entry: &mut tar::Entry<'_, R>,
+        header: &Header,
+        data: &mut impl Read,
         meta: Meta,
         unlink_first: bool,
     ) -> Result<()> {
-        let expected = entry.size();
-        let short = |written: u64| {
-            anyhow!("layer stream ended {written} bytes into a {expected}-byte file")
-        };
-        if !self.hands_out(expected) {
+        if !self.hands_out(header) {
             if unlink_first {
                 remove_file(parent.as_fd(), path)?;
             }
             let buf = &mut self.buf;
-            let fill = |file: &mut File| -> Result<()> {
-                let mut written = 0u64;
-                loop {
-                    let n = entry.read(buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    file.write_all(&buf[..n])?;
-                    written += n as u64;
-                }
-                if written != expected {
-                    return Err(short(written));
-                }
-                Ok(())
+            let fill = |file: &mut File| match &header.sparse {
+                None => copy_data(data, file, buf),
+                Some(regions) => fill_sparse(data, file, regions, header.size as u64, buf),
             };
             let skipped = create_file(parent.as_fd(), path, &meta, self.mapped_ids, fill)?;
             self.note_skipped(skipped);
             return Ok(());
         }
-        let len = expected as usize;
-        let mut data = self.buffers.take(len);
-        let read = super::stream::read_full(entry, &mut data[..len])?;
-        if read != len {
-            return Err(short(read as u64));
-        }
+        let len = header.size as usize;
+        let mut contents = self.buffers.take(len);
+        data.read_exact(&mut contents[..len])?;
         let (parent, owned_path, mapped_ids) =
             (parent.clone(), path.to_path_buf(), self.mapped_ids);
-        let (entry_name, buffers) = (super::entry_name(entry), self.buffers.clone());
+        let (entry_name, buffers) = (super::entry_name(&header.name), self.buffers.clone());
         let job = move || {
-            let fill = |file: &mut File| Ok(file.write_all(&data[..len])?);
+            let fill = |file: &mut File| Ok(file.write_all(&contents[..len])?);
             let created = (|| {
                 if unlink_first {
                     remove_file(parent.as_fd(), &owned_path)?;
                 }
                 create_file(parent.as_fd(), &owned_path, &meta, mapped_ids, fill)
             })();
-            buffers.give_back(data);
+            buffers.give_back(contents);
             created.context(entry_name)
         };
         self.handed_out.insert(path);
@@ -646,12 +600,12 @@ impl<'a> Applier<'a> {
         self.overlay_seen.insert(target_parent);
         self.overlay_seen.insert(link_parent);
         let target_dir = at::resolve_dir(self.root, target_parent)
-            .with_context(|| format!("hardlink target {} does not exist", target.display()))?;
+            .with_context(|| format!("hardlink target {} does not exist", shown(target)))?;
         let Some(target_st) = at::lstat(target_dir.as_fd(), target_name)? else {
-            bail!("hardlink target {} does not exist", target.display());
+            bail!("hardlink target {} does not exist", shown(target));
         };
         if at::is_dir(&target_st) {
-            bail!("hardlink target {} is a directory", target.display());
+            bail!("hardlink target {} is a directory", shown(target));
         }
         if let Some(existing) = at::lstat(parent, name)? {
             if (existing.st_dev, existing.st_ino) == (target_st.st_dev, target_st.st_ino) {
@@ -667,7 +621,7 @@ impl<'a> Applier<'a> {
             name,
             AtFlags::empty(),
         )
-        .with_context(|| format!("linking to {}", target.display()))?;
+        .with_context(|| format!("linking to {}", shown(target)))?;
         let old = (target_st.st_dev, target_st.st_ino);
         if target_st.st_nlink > 1
             && let Some(now) = at::lstat(target_dir.as_fd(), target_name)?
@@ -713,7 +667,7 @@ impl<'a> Applier<'a> {
                 name,
                 AtFlags::empty(),
             )
-            .with_context(|| format!("relinking {} to {}", path.display(), target.display()))?;
+            .with_context(|| format!("relinking {} to {}", shown(&path), shown(target)))?;
         }
         Ok(())
     }
@@ -846,8 +800,7 @@ impl<'a> Applier<'a> {
             // A whiteout of the same name earlier in the layer.
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("recording whiteout {}", target.display()));
+                return Err(err).with_context(|| format!("recording whiteout {}", shown(target)));
             }
         }
         // The name is taken now: an entry of the same name later in the layer replaces it.
@@ -860,7 +813,7 @@ impl<'a> Applier<'a> {
         if !self.upper.contains(path) {
             return at::remove_all(parent, name)
                 .map(drop)
-                .with_context(|| format!("removing {}", path.display()));
+                .with_context(|| format!("removing {}", shown(path)));
         }
         match at::lstat(parent, name)? {
             Some(st) if at::is_dir(&st) => {
@@ -878,11 +831,11 @@ impl<'a> Applier<'a> {
 /// overlayfs's mark (as a rootless mount reads it) of a directory that hides the ones below.
 fn mark_opaque(dir: BorrowedFd, path: &Path) -> Result<()> {
     at::set_xattr(dir, b"user.overlay.opaque", b"y")
-        .with_context(|| format!("marking {} opaque", path.display()))
+        .with_context(|| format!("marking {} opaque", shown(path)))
 }
 
 fn needs_lowers(path: &Path, why: &str) -> anyhow::Error {
-    NeedsLowers(format!("{} {why}", path.display())).into()
+    NeedsLowers(format!("{} {why}", shown(path))).into()
 }
 
 /// Removes the file `path` (named in `parent`), which is not a directory.
@@ -891,7 +844,7 @@ fn remove_file(parent: BorrowedFd, path: &Path) -> Result<()> {
         .file_name()
         .expect("entries below the root have a name");
     unlinkat(parent, name, UnlinkatFlags::NoRemoveDir)
-        .with_context(|| format!("removing the existing {}", path.display()))
+        .with_context(|| format!("removing the existing {}", shown(path)))
 }
 
 /// Creates the regular file `path` (named in `parent`) with `meta`, its contents written by
@@ -937,6 +890,42 @@ fn create_file(
     Ok(skipped)
 }
 
+/// Copies an entry's data into `file`.
+fn copy_data(data: &mut impl Read, file: &mut File, buf: &mut [u8]) -> Result<()> {
+    loop {
+        match data.read(buf)? {
+            0 => return Ok(()),
+            n => file.write_all(&buf[..n])?,
+        }
+    }
+}
+
+/// Writes a sparse file of `size` bytes: its data regions where they go, holes left as
+/// holes, so that a file of 60 GB of holes costs no disk.
+fn fill_sparse(
+    data: &mut impl Read,
+    file: &mut File,
+    regions: &[Region],
+    size: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    file.set_len(size)?;
+    for region in regions {
+        let mut done = 0;
+        while done < region.length {
+            let want = buf.len().min((region.length - done) as usize);
+            data.read_exact(&mut buf[..want])?;
+            file.write_all_at(&buf[..want], region.offset + done)?;
+            done += want as u64;
+        }
+    }
+    // The reader says here whether the entry holds more data than its map places.
+    if data.read(&mut buf[..1])? != 0 {
+        bail!("sparse file's entry holds more data than its map places");
+    }
+    Ok(())
+}
+
 /// The entry's xattrs and the owner record; returns those that could not be set.
 fn set_xattrs(
     fd: BorrowedFd,
@@ -969,7 +958,7 @@ fn set_xattrs(
 
 fn skipped(path: &Path, reason: impl Into<String>) -> Skipped {
     Skipped {
-        path: path.display().to_string(),
+        path: shown(path),
         reason: reason.into(),
     }
 }
@@ -1002,7 +991,7 @@ fn existing_dir(root: BorrowedFd, path: &Path) -> Result<Option<std::os::fd::Own
     match at::resolve_dir(root, path) {
         Ok(fd) => Ok(Some(fd)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("resolving {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("resolving {}", shown(path))),
     }
 }
 
@@ -1018,31 +1007,27 @@ fn remove_xattr(fd: BorrowedFd, name: &str) -> Result<()> {
     }
 }
 
-fn kind_name(kind: EntryType) -> String {
+fn is_file(kind: Kind) -> bool {
+    matches!(kind, Kind::Regular | Kind::Contiguous | Kind::GnuSparse)
+}
+
+fn kind_name(kind: Kind) -> String {
     match kind {
-        EntryType::Regular | EntryType::Continuous => "regular file".into(),
-        EntryType::Link => "hardlink".into(),
-        EntryType::Symlink => "symlink".into(),
-        EntryType::Char => "character device".into(),
-        EntryType::Block => "block device".into(),
-        EntryType::Directory => "directory".into(),
-        EntryType::Fifo => "FIFO".into(),
-        other => format!("type {:?}", other.as_byte() as char),
+        Kind::Regular | Kind::Contiguous | Kind::GnuSparse => "regular file".into(),
+        Kind::Link => "hardlink".into(),
+        Kind::Symlink => "symlink".into(),
+        Kind::CharDevice => "character device".into(),
+        Kind::BlockDevice => "block device".into(),
+        Kind::Directory => "directory".into(),
+        Kind::Fifo => "FIFO".into(),
+        Kind::GlobalPax | Kind::Other(_) => format!("{:?}", kind.as_byte() as char),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::pax_time;
-
-    #[test]
-    fn parses_pax_times() {
-        let t = pax_time(b"1600000000.5").unwrap();
-        assert_eq!((t.tv_sec(), t.tv_nsec()), (1_600_000_000, 500_000_000));
-        let t = pax_time(b"12").unwrap();
-        assert_eq!((t.tv_sec(), t.tv_nsec()), (12, 0));
-        let t = pax_time(b"-1.25").unwrap();
-        assert_eq!((t.tv_sec(), t.tv_nsec()), (-2, 750_000_000));
-        assert!(pax_time(b"x").is_none());
+/// A link's target, which it cannot lack.
+fn link_target<'h>(header: &'h Header, what: &str) -> Result<&'h [u8]> {
+    if header.link_name.is_empty() {
+        bail!("{what} without a target");
     }
+    Ok(&header.link_name)
 }

@@ -13,7 +13,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 
 use crate::protocol::{Applied, Compression, Skipped};
 use stream::ChunkReader;
@@ -127,16 +127,18 @@ fn extract(
 ) -> Result<(u64, Vec<Skipped>)> {
     thread::scope(|scope| {
         let writers = writers::Writers::start(scope, writer_threads);
-        let mut archive = tar::Archive::new(stream);
+        let mut archive = strata_tar::Archive::new(stream);
         let mut applier = apply::Applier::new(tree, mapped_ids, &writers);
         let mut entries = 0u64;
-        for entry in archive.entries().context("reading the layer")? {
-            let mut entry = entry.map_err(|err| header_error(err, entries))?;
-            applier.apply(&mut entry).map_err(|err| {
+        while let Some(header) = archive
+            .next_header()
+            .map_err(|err| header_error(err, entries))?
+        {
+            applier.apply(&header, &mut archive.data()).map_err(|err| {
                 if err.is::<writers::EarlierEntry>() {
                     err
                 } else {
-                    err.context(entry_name(&entry))
+                    err.context(entry_name(&header.name))
                 }
             })?;
             entries += 1;
@@ -145,17 +147,18 @@ fn extract(
     })
 }
 
-/// How errors name an entry: as the layer spells it.
-pub(crate) fn entry_name<R: std::io::Read>(entry: &tar::Entry<'_, R>) -> String {
-    format!("entry {:?}", String::from_utf8_lossy(&entry.path_bytes()))
+/// How errors name an entry: as the layer spells it, cut short if long.
+pub(crate) fn entry_name(name: &[u8]) -> String {
+    format!("entry {:?}", path::shown_bytes(name))
 }
 
 /// A failure to read the next tar header: the decoder's own words when the compressed stream is
-/// at fault, else what tar says, placed in the stream.
-fn header_error(err: std::io::Error, entries: u64) -> anyhow::Error {
-    if decompress::is_stream_error(&err) {
-        return err.into();
-    }
+/// at fault, else what the tar reader says, placed in the stream.
+fn header_error(err: strata_tar::Error, entries: u64) -> anyhow::Error {
+    let err = match err {
+        strata_tar::Error::Io(err) if decompress::is_stream_error(&err) => return err.into(),
+        other => other,
+    };
     match entries {
         0 => anyhow::Error::from(err).context("not a valid tar stream"),
         n => anyhow::Error::from(err).context(format!("reading the tar header after entry {n}")),

@@ -42,6 +42,23 @@ pub fn normalize(name: &[u8]) -> Result<PathBuf, NameError> {
     Ok(path)
 }
 
+/// The most of a name that error text and the report quote: a layer's names may be up to
+/// 1 MiB long.
+const SHOWN: usize = 256;
+
+/// A name as messages quote it: lossy UTF-8, cut after 256 bytes with `…`.
+pub fn shown_bytes(name: &[u8]) -> String {
+    match name.get(..SHOWN) {
+        Some(start) if name.len() > SHOWN => String::from_utf8_lossy(start).into_owned() + "…",
+        _ => String::from_utf8_lossy(name).into_owned(),
+    }
+}
+
+/// A path as messages quote it (see [`shown_bytes`]).
+pub fn shown(path: &Path) -> String {
+    shown_bytes(path.as_os_str().as_bytes())
+}
+
 /// What a normalised entry path asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action<'a> {
@@ -71,9 +88,7 @@ pub fn classify(path: &Path) -> Result<Action<'_>, NameError> {
     }
     match target {
         b"" => Err(NameError::BareWhiteout),
-        b"." | b".." => Err(NameError::WhiteoutEscape(
-            String::from_utf8_lossy(target).into_owned(),
-        )),
+        b"." | b".." => Err(NameError::WhiteoutEscape(shown_bytes(target))),
         _ => Ok(Action::Whiteout {
             target: dir.join(OsStr::from_bytes(target)),
         }),

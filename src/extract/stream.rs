@@ -65,7 +65,7 @@ pub fn inflate(
 }
 
 /// Fills `buf` as far as the stream allows: short only where the stream ends.
-pub(super) fn read_full(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match stream.read(&mut buf[filled..]) {

@@ -1,6 +1,12 @@
-//! Archives made for the comparison with Go: one or more per class of header where readers
-//! disagree, in every header format. Built byte by byte, so that nothing a writer would
-//! normalise away is lost.
+//! Archives to compare with Go: other projects' test data; archives GNU tar and bsdtar write
+//! in each of their formats; and a generated corpus, one or more per class of header where
+//! readers disagree, in every header format, built byte by byte so that nothing a writer
+//! would normalise away is lost.
+
+use std::fs;
+use std::os::unix::fs::{FileExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// A header block and the data after it, each field set as raw bytes.
 #[derive(Clone)]
@@ -140,9 +146,11 @@ pub fn archive(parts: &[Raw]) -> Vec<u8> {
     out
 }
 
-/// An old GNU sparse header (`S`) of a file of `real_size` bytes, whose map is `map`: four
-/// entries in the header, the rest in extension blocks.
+/// An old GNU sparse header (`S`) of a file of `real_size` bytes, whose map is `map` and a
+/// last empty region at the end, as GNU tar writes it (and needs it): four entries in the
+/// header, the rest in extension blocks.
 pub fn gnu_sparse(name: &str, real_size: u64, map: &[(u64, u64)], data: &[u8]) -> Vec<u8> {
+    let map = [map, &[(real_size, 0)]].concat();
     let mut raw = Raw::new(b'S', name.as_bytes()).gnu().data(data);
     raw = raw.set(483..495, format!("{real_size:012o}").as_bytes());
     let entry = |(offset, length): (u64, u64)| format!("{offset:012o}{length:012o}").into_bytes();
@@ -463,7 +471,12 @@ pub fn generated() -> Vec<(String, Vec<u8>)> {
                 b'x',
                 &[
                     ("SCHILY.xattr.user.a", b"1"),
-                    ("SCHILY.xattr.security.capability", b"\x01\0\0\x02"),
+                    (
+                        "SCHILY.xattr.security.capability",
+                        &[
+                            1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                        ],
+                    ),
                     ("LIBARCHIVE.xattr.user.b", b"Mg"),
                 ],
             ),
@@ -547,11 +560,13 @@ pub fn generated() -> Vec<(String, Vec<u8>)> {
         pax_sparse(
             &[
                 ("GNU.sparse.size", b"1000"),
-                ("GNU.sparse.numblocks", b"2"),
+                ("GNU.sparse.numblocks", b"3"),
                 ("GNU.sparse.offset", b"10"),
                 ("GNU.sparse.numbytes", b"3"),
                 ("GNU.sparse.offset", b"900"),
                 ("GNU.sparse.numbytes", b"4"),
+                ("GNU.sparse.offset", b"1000"),
+                ("GNU.sparse.numbytes", b"0"),
                 ("GNU.sparse.name", b"real/name"),
             ],
             b"abcdefg",
@@ -573,8 +588,8 @@ pub fn generated() -> Vec<(String, Vec<u8>)> {
         pax_sparse(
             &[
                 ("GNU.sparse.size", b"1000"),
-                ("GNU.sparse.numblocks", b"2"),
-                ("GNU.sparse.map", b"10,3,900,4"),
+                ("GNU.sparse.numblocks", b"3"),
+                ("GNU.sparse.map", b"10,3,900,4,1000,0"),
                 ("GNU.sparse.name", b"real/name"),
             ],
             b"abcdefg",
@@ -613,7 +628,7 @@ pub fn generated() -> Vec<(String, Vec<u8>)> {
                 ("GNU.sparse.realsize", b"1000"),
                 ("GNU.sparse.name", b"real/name"),
             ],
-            &map_1_0(b"2\n10\n3\n900\n4\n", b"abcdefg"),
+            &map_1_0(b"3\n10\n3\n900\n4\n1000\n0\n", b"abcdefg"),
         ),
     );
     add(
@@ -625,7 +640,7 @@ pub fn generated() -> Vec<(String, Vec<u8>)> {
                 ("GNU.sparse.realsize", b"60000000000"),
                 ("GNU.sparse.name", b"big"),
             ],
-            &map_1_0(b"1\n59999999996\n4\n", b"tail"),
+            &map_1_0(b"2\n59999999996\n4\n60000000000\n0\n", b"tail"),
         ),
     );
     add(
@@ -682,4 +697,138 @@ pub fn generated() -> Vec<(String, Vec<u8>)> {
         ]),
     );
     corpus
+}
+
+/// Go's and Python's own test archives.
+pub fn test_data() -> Vec<PathBuf> {
+    let goroot = Command::new("go")
+        .args(["env", "GOROOT"])
+        .output()
+        .expect("running go");
+    let goroot = String::from_utf8(goroot.stdout).unwrap();
+    let go = Path::new(goroot.trim()).join("src/archive/tar/testdata");
+    let mut paths: Vec<PathBuf> = fs::read_dir(&go)
+        .unwrap_or_else(|err| panic!("{}: {err}", go.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "tar"))
+        .collect();
+    assert!(paths.len() > 30, "Go's test archives: {paths:?}");
+    let python = Command::new("python3")
+        .args([
+            "-c",
+            "import test, os; print(os.path.dirname(test.__file__))",
+        ])
+        .output();
+    if let Ok(output) = python {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        for name in [
+            "testtar.tar",
+            "archivetestdata/testtar.tar",
+            "recursion.tar",
+            "archivetestdata/recursion.tar",
+        ] {
+            if dir.join(name).is_file() {
+                paths.push(dir.join(name));
+            }
+        }
+    }
+    paths.sort();
+    paths
+}
+
+/// A tree with what writers encode differently: long names and link targets, a sparse
+/// file, links, a FIFO, owners and modes.
+fn sample_tree(root: &Path, long_names: bool) {
+    fs::create_dir_all(root.join("dir/sub")).unwrap();
+    fs::write(root.join("dir/file"), "contents\n").unwrap();
+    fs::hard_link(root.join("dir/file"), root.join("dir/hardlink")).unwrap();
+    symlink("file", root.join("dir/symlink")).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("dir/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .ok();
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    sparse.write_all_at(b"start", 0).unwrap();
+    sparse.write_all_at(&[b'm'; 10000], 20 << 20).unwrap();
+    sparse.write_all_at(b"end", (64 << 20) - 3).unwrap();
+    if long_names {
+        let long = root.join("l".repeat(120)).join("n".repeat(150));
+        fs::create_dir_all(long.parent().unwrap()).unwrap();
+        fs::write(&long, "long\n").unwrap();
+        symlink("t".repeat(200), root.join("long-target")).unwrap();
+    }
+}
+
+/// Archives of a sample tree (made in `scratch`) by GNU tar and bsdtar, in each of their
+/// formats, sparse ones included.
+pub fn written_by_tools(scratch: &Path) -> Vec<(String, Vec<u8>)> {
+    let (short, long) = (scratch.join("short"), scratch.join("long"));
+    sample_tree(&short, false);
+    sample_tree(&long, true);
+    let mut named = Vec::new();
+    let mut make = |name: String, tool: &str, args: &[&str], tree: &Path| {
+        let output = Command::new(tool)
+            .args(args)
+            .args(["-cf", "-", "-C"])
+            .arg(tree)
+            .arg(".")
+            .output();
+        let output = output.unwrap_or_else(|err| panic!("{tool}: {err}"));
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        named.push((name, output.stdout));
+    };
+    // (v7 has no FIFOs.)
+    let v7 = ["--format", "v7", "--exclude", "./dir/fifo"];
+    make("GNU tar --format=v7".into(), "tar", &v7, &short);
+    make(
+        "GNU tar --format=ustar".into(),
+        "tar",
+        &["--format", "ustar"],
+        &short,
+    );
+    for format in ["oldgnu", "gnu", "posix"] {
+        make(
+            format!("GNU tar --format={format}"),
+            "tar",
+            &["--format", format],
+            &long,
+        );
+    }
+    make(
+        "GNU tar --format=gnu --sparse".into(),
+        "tar",
+        &["--format=gnu", "--sparse"],
+        &long,
+    );
+    for version in ["0.0", "0.1", "1.0"] {
+        let args = ["--format=posix", "--sparse", "--sparse-version", version];
+        make(
+            format!("GNU tar --sparse-version={version}"),
+            "tar",
+            &args,
+            &long,
+        );
+    }
+    make("bsdtar --format=v7".into(), "bsdtar", &v7, &short);
+    make(
+        "bsdtar --format=ustar".into(),
+        "bsdtar",
+        &["--format", "ustar"],
+        &short,
+    );
+    for format in ["pax", "gnutar"] {
+        make(
+            format!("bsdtar --format={format}"),
+            "bsdtar",
+            &["--format", format],
+            &long,
+        );
+    }
+    named
 }

@@ -11,7 +11,14 @@ use serde_json::Value;
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle");
+        // This file also serves the fuzz target, a crate below, and strata's own tests, a
+        // workspace above.
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = ["tests/oracle", "../tests/oracle", "crates/tar/tests/oracle"]
+            .into_iter()
+            .map(|dir| crate_dir.join(dir))
+            .find(|dir| dir.is_dir())
+            .expect("the oracle's source");
         let out = std::env::temp_dir().join(format!("strata-tar-oracle-{}", std::process::id()));
         let status = Command::new("go")
             .args(["build", "-o"])
