@@ -19,6 +19,9 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 
 pub type Result<T> = io::Result<T>;
 
+/// How often a resolution the kernel answers with EAGAIN is tried again.
+const EAGAIN_ATTEMPTS: u32 = 2000;
+
 /// How to open a directory inside `root`, never leaving it (`extra`: further restrictions).
 fn dir_in_root(extra: ResolveFlag) -> OpenHow {
     OpenHow::new()
@@ -49,11 +52,18 @@ fn open_dir_in_root(root: BorrowedFd, path: &Path, how: OpenHow) -> Result<Owned
         path
     };
     // With `..` in the walk, the kernel answers EAGAIN when any rename or mount anywhere may
-    // have raced with it, rather than risk an escape; the answer is to try again.
+    // have raced with it, rather than risk an escape; the answer is to try again, after a
+    // pause that doubles up to a millisecond, for about two seconds at most (another strata
+    // job mounting and renaming beside this one causes it).
+    let mut pause = std::time::Duration::from_micros(1);
     let mut attempts = 0;
     loop {
         match openat2(root, path, how) {
-            Err(Errno::EAGAIN) if attempts < 1000 => attempts += 1,
+            Err(Errno::EAGAIN) if attempts < EAGAIN_ATTEMPTS => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(1));
+                attempts += 1;
+            }
             other => return Ok(other?),
         }
     }
@@ -194,12 +204,83 @@ pub fn remove_all(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
     }
 }
 
-/// Removes everything inside `dir`.
+/// Directories [`clear`] keeps open on its way down; deeper ones are left through `..`.
+const OPEN_LEVELS: usize = 32;
+
+/// One directory on [`clear`]'s way down.
+struct Level {
+    /// `None` once closed to keep the fds bounded: it is reopened through its child's `..`.
+    fd: Option<OwnedFd>,
+    /// Its name in its parent, and its identity, which the reopened `..` must have.
+    name: OsString,
+    id: (u64, u64),
+}
+
+/// Removes everything inside `dir`, depth first, with at most [`OPEN_LEVELS`] directories
+/// open however deep the tree is. Directories are named, not followed: only `..` of a
+/// directory this walk went down into leads back up, and it must be the directory left.
 pub fn clear(dir: BorrowedFd) -> Result<()> {
-    for child in list(dir)? {
-        remove_all(dir, &child)?;
+    let top = fstat_id(dir)?;
+    let mut levels: Vec<Level> = Vec::new();
+    let mut current = nix::unistd::dup(dir)?;
+    loop {
+        let next = list(current.as_fd())?.into_iter().find_map(|child| {
+            match unlinkat(&current, child.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => None,
+                Err(Errno::EISDIR) => Some(Ok(child)),
+                Err(e) => Some(Err(io::Error::from(e))),
+            }
+        });
+        match next {
+            Some(child) => {
+                let child = child?;
+                let below = open_subdir(current.as_fd(), &child)?;
+                let id = fstat_id(below.as_fd())?;
+                let above = std::mem::replace(&mut current, below);
+                // `dir` itself needs no fd of its own: it is duplicated again on the way up.
+                if let Some(level) = levels.last_mut() {
+                    level.fd = Some(above);
+                }
+                levels.push(Level {
+                    fd: None,
+                    name: child,
+                    id,
+                });
+                if let Some(far) = levels.len().checked_sub(OPEN_LEVELS + 1) {
+                    levels[far].fd = None;
+                }
+            }
+            None => {
+                let Some(done) = levels.pop() else {
+                    return Ok(());
+                };
+                let parent_id = levels.last().map_or(top, |level| level.id);
+                let parent = match levels.last_mut().and_then(|level| level.fd.take()) {
+                    Some(fd) => fd,
+                    None if levels.is_empty() => nix::unistd::dup(dir)?,
+                    None => {
+                        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+                        let up = openat(&current, "..", flags, Mode::empty())?;
+                        if fstat_id(up.as_fd())? != parent_id {
+                            return Err(io::Error::other("the tree moved while it was removed"));
+                        }
+                        up
+                    }
+                };
+                drop(std::mem::replace(&mut current, parent));
+                match unlinkat(&current, done.name.as_os_str(), UnlinkatFlags::RemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
     }
-    Ok(())
+}
+
+/// A directory's (device, inode).
+fn fstat_id(fd: BorrowedFd) -> Result<(u64, u64)> {
+    let st = nix::sys::stat::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 fn cstring(bytes: &[u8]) -> Result<CString> {
@@ -222,6 +303,19 @@ pub fn set_xattr(fd: BorrowedFd, name: &[u8], value: &[u8]) -> Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Removes an xattr; one that is not there, or a filesystem without xattrs, is no error.
+pub fn remove_xattr(fd: BorrowedFd, name: &[u8]) -> Result<()> {
+    let name = cstring(name)?;
+    // SAFETY: name is NUL-terminated.
+    let rc = unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) };
+    let err = io::Error::last_os_error();
+    if rc == 0 || matches!(err.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) {
+        Ok(())
+    } else {
+        Err(err)
     }
 }
 

@@ -136,7 +136,20 @@ impl From<SnapshotterArg> for SnapshotterMode {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as Go programs do at start: the soft
+/// default of 1,024 is for programs that `select`, which strata and its helpers never do.
+/// (Walks of deep trees keep their fds bounded anyway; this is headroom, not a crutch.)
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 fn main() -> ExitCode {
+    raise_open_file_limit();
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -255,6 +268,9 @@ fn rm(store: &Path, image: &str) -> Result<()> {
 
 fn gc(store: &Path) -> Result<()> {
     let collected = upkeep::gc(store)?;
+    for warning in &collected.left_behind {
+        eprintln!("strata: warning: {warning}");
+    }
     println!(
         "removed {} snapshots ({})",
         collected.snapshots.len(),

@@ -94,7 +94,11 @@ pub struct Applied {
     pub entries: u64,
     /// Uncompressed bytes, trailing data included.
     pub bytes: u64,
+    /// What could not be reproduced: the first thousand paths, in entry order,
     pub skipped: Vec<Skipped>,
+    /// and how many more there were.
+    #[serde(default)]
+    pub skipped_omitted: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -56,7 +56,15 @@ pub struct LayerReport {
     pub cached: bool,
     /// It was extracted side by side with others, into a snapshot without its parents.
     pub parentless: bool,
+    /// The first thousand paths that could not be reproduced,
     pub skipped: Vec<Skipped>,
+    /// and how many more there were (left out of the JSON report when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped_omitted: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// Progress for a caller that wants to show it.
@@ -100,6 +108,9 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
         match &options.store {
             Some(store) => {
                 let store = Store::open(store, helper.clone(), options.snapshotter)?;
+                for warning in store.left_behind() {
+                    progress(Progress::Warning(warning.clone()));
+                }
                 let layers =
                     unpack_with_store(&store, &helper, &image, &staging, options.jobs, progress)?;
                 store.record_image(&ImageRecord {
@@ -161,13 +172,7 @@ fn unpack_directly(
                 .with_context(|| describe(image, index))?;
             next = (index + 1 < count).then(|| start(index + 1)).transpose()?;
             let applied = extract(image, index, |_, blob| started.apply(blob))?;
-            reports.push(report(
-                layer,
-                chain_id.clone(),
-                false,
-                false,
-                applied.skipped,
-            ));
+            reports.push(report(layer, chain_id.clone(), false, Some(&applied)));
         }
         Ok(())
     })();
@@ -196,7 +201,7 @@ fn unpack_with_store(
             layer,
         });
         let chain_id = plan.chain_ids[index].clone();
-        reports.push(report(layer, chain_id, true, false, Vec::new()));
+        reports.push(report(layer, chain_id, false, None));
     }
     if jobs > 1 && count - plan.first_missing > 1 && store.parentless_capable() {
         reports.extend(extract_side_by_side(store, image, &plan, jobs, progress)?);
@@ -219,7 +224,7 @@ fn unpack_with_store(
         });
         let applied = extract_on_parent(store, image, &plan, index, Some(staging))?;
         let chain_id = plan.chain_ids[index].clone();
-        reports.push(report(layer, chain_id, false, false, applied.skipped));
+        reports.push(report(layer, chain_id, false, Some(&applied)));
     }
     Ok(reports)
 }
@@ -347,7 +352,7 @@ fn extract_side_by_side(
                 Err(err) => return Err(err),
             };
             let chain_id = plan.chain_ids[index].clone();
-            reports.push(report(layer, chain_id, false, parentless, applied.skipped));
+            reports.push(report(layer, chain_id, parentless, Some(&applied)));
             Ok(())
         });
         if let Err(err) = outcome {
@@ -443,19 +448,20 @@ fn diff_ids(image: &Image) -> Vec<Digest> {
         .collect()
 }
 
+/// A layer's report: `applied` is the helper's account, `None` for a layer found in the store.
 fn report(
     layer: &Layer,
     chain_id: Digest,
-    cached: bool,
     parentless: bool,
-    skipped: Vec<Skipped>,
+    applied: Option<&Applied>,
 ) -> LayerReport {
     LayerReport {
         digest: layer.digest.clone(),
         diff_id: layer.diff_id.clone(),
         chain_id,
-        cached,
+        cached: applied.is_none(),
         parentless,
-        skipped,
+        skipped: applied.map_or_else(Vec::new, |applied| applied.skipped.clone()),
+        skipped_omitted: applied.map_or(0, |applied| applied.skipped_omitted),
     }
 }

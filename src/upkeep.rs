@@ -99,6 +99,8 @@ pub fn forget(store: &Path, image: &str) -> Result<Vec<ImageRecord>> {
 #[derive(Debug, Serialize)]
 pub struct Collected {
     pub snapshots: Vec<Digest>,
+    /// What could not be removed (it stays in the store's `tmp/`), one line each.
+    pub left_behind: Vec<String>,
     /// Bytes of the removed snapshots' layers, uncompressed.
     pub size: u64,
 }
@@ -108,13 +110,16 @@ pub fn gc(store: &Path) -> Result<Collected> {
     if !store.join("snapshots").is_dir() {
         return Ok(Collected {
             snapshots: Vec::new(),
+            left_behind: Vec::new(),
             size: 0,
         });
     }
-    let removed = open(store)?.collect_garbage()?;
+    let mut store = open(store)?;
+    let removed = store.collect_garbage()?;
     Ok(Collected {
         size: removed.iter().map(|info| info.size).sum(),
         snapshots: removed.into_iter().map(|info| info.chain_id).collect(),
+        left_behind: store.left_behind().to_vec(),
     })
 }
 

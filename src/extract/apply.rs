@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -27,7 +27,8 @@ use nix::unistd::{
 use strata_tar::{Header, Kind, Region};
 
 use super::owner;
-use super::path::{Action, PathSet, UpperPaths, classify, normalize, shown};
+use super::path::{Action, PathSet, UpperPaths, classify, normalize, shown, shown_bytes};
+use super::skipped::SkippedList;
 use super::writers::{Buffers, SMALL_FILE, Writers};
 use super::{NeedsLowers, Tree};
 use crate::at;
@@ -155,7 +156,7 @@ pub struct Applier<'a> {
     /// read (by its index in `overlay_lowers`), or of the whole tree (`None`).
     link_groups: HashMap<Option<usize>, LinkGroups>,
     /// What could not be reproduced, by entry number.
-    skipped: Vec<(u64, Skipped)>,
+    skipped: SkippedList,
     buf: Vec<u8>,
     buffers: Buffers,
 }
@@ -180,7 +181,7 @@ impl<'a> Applier<'a> {
             fresh_dirs: PathSet::default(),
             parent_cache: None,
             link_groups: HashMap::new(),
-            skipped: Vec::new(),
+            skipped: SkippedList::default(),
             buf: vec![0; 256 * 1024],
             buffers: Buffers::default(),
         }
@@ -218,11 +219,12 @@ impl<'a> Applier<'a> {
     /// Whiteouts and opaque markers remove only what lower layers left, never a name of this
     /// layer, as every handed-out file is (its writer removes the lower file it replaces): on
     /// a plain tree they go on beside the writers. Unless `dir` is reached through a symlink
-    /// while files went out over lower names: the paths they compare would not be the ones
-    /// those files went out under. Through an overlay, their lookups must not meet a directory
-    /// being written behind overlayfs's back.
+    /// while files are out: the paths they compare would not be the ones those files went
+    /// out under, and whether a file is there yet would depend on the writers' timing. Through
+    /// an overlay, their lookups must not meet a directory being written behind overlayfs's
+    /// back.
     fn wait_before_removing_in(&mut self, dir: &Path) -> Result<()> {
-        let aliased = self.handed_out_over_lower && at::resolve_real_dir(self.root, dir).is_err();
+        let aliased = !self.handed_out.is_empty() && at::resolve_real_dir(self.root, dir).is_err();
         if self.overlay_upper.is_some() || aliased {
             self.wait_for_writers()?;
         }
@@ -231,9 +233,9 @@ impl<'a> Applier<'a> {
 
     /// Sets the deferred directory modes and times: the layer's own directories get their
     /// entries' modes and times, and directories it added to get their times back.
-    pub fn finish(mut self) -> Result<Vec<Skipped>> {
+    pub fn finish(mut self) -> Result<(Vec<Skipped>, u64)> {
         self.handed_out.clear();
-        self.skipped.extend(self.writers.finish()?);
+        self.skipped.append(self.writers.finish()?);
         let made = self.dirs.iter().map(|(path, meta)| DirFix {
             path,
             mode: Some(meta.mode),
@@ -267,9 +269,7 @@ impl<'a> Applier<'a> {
                 .try_for_each(|thread| thread.join().expect("fixing directories does not panic"))
         })?;
         deepest_first.iter().try_for_each(|fix| fix.apply(root))?;
-        // In entry order, whichever thread found them.
-        self.skipped.sort_by_key(|(entry, _)| *entry);
-        Ok(self.skipped.into_iter().map(|(_, skip)| skip).collect())
+        Ok(self.skipped.finish())
     }
 
     /// Notes the times of a directory the layer is about to change, the first time only.
@@ -291,9 +291,9 @@ impl<'a> Applier<'a> {
 
     /// Files what the current entry could not reproduce under its number.
     fn note_skipped(&mut self, skipped: Vec<Skipped>) {
-        let entry = self.entry;
-        self.skipped
-            .extend(skipped.into_iter().map(|skip| (entry, skip)));
+        for skip in skipped {
+            self.skipped.push(self.entry, skip);
+        }
     }
 
     fn create(&mut self, path: &Path, header: &Header, data: &mut impl Read) -> Result<()> {
@@ -469,6 +469,11 @@ impl<'a> Applier<'a> {
         if removed {
             // It may have been a directory or symlink some resolved parent went through.
             self.parent_cache = None;
+            // Directories made or changed below it are gone: their modes and times must not
+            // land, at the end of the layer, on whatever the path leads to then (a symlink's
+            // target, say).
+            forget_tree(&mut self.dirs, path);
+            forget_tree(&mut self.touched, path);
         }
         Ok(())
     }
@@ -568,8 +573,17 @@ impl<'a> Applier<'a> {
             let (uid, gid) = placement.chown.unwrap_or(own);
             fchown(&dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
         }
-        if placement.record.is_none() && !created {
-            remove_xattr(dir.as_fd(), owner::XATTR)?;
+        if !created {
+            // Directory over directory replaces the attributes, xattrs included, as umoci does
+            // and as a parentless layer's own directory hides the lower one's: what the entry
+            // does not name goes, and so does an owner record it does not need.
+            for (key, _) in at::xattrs(dir.as_fd())? {
+                let named = meta.xattrs.iter().any(|(name, _)| *name == key);
+                let recorded = key == owner::XATTR.as_bytes() && placement.record.is_some();
+                if xattr_kind(&key) == XattrKind::Applied && !named && !recorded {
+                    at::remove_xattr(dir.as_fd(), &key)?;
+                }
+            }
         }
         let skipped = set_xattrs(dir.as_fd(), path, &meta, placement.record)?;
         self.note_skipped(skipped);
@@ -601,8 +615,11 @@ impl<'a> Applier<'a> {
         self.overlay_seen.insert(link_parent);
         let target_dir = at::resolve_dir(self.root, target_parent)
             .with_context(|| format!("hardlink target {} does not exist", shown(target)))?;
-        let Some(target_st) = at::lstat(target_dir.as_fd(), target_name)? else {
-            bail!("hardlink target {} does not exist", shown(target));
+        // A parentless layer's own whiteout is a device recording a removal: as on a tree
+        // with its lower layers, what it removed is not there to link to.
+        let target_st = match at::lstat(target_dir.as_fd(), target_name)? {
+            Some(st) if !(self.parentless && at::is_whiteout(&st)) => st,
+            _ => bail!("hardlink target {} does not exist", shown(target)),
         };
         if at::is_dir(&target_st) {
             bail!("hardlink target {} is a directory", shown(target));
@@ -747,10 +764,12 @@ impl<'a> Applier<'a> {
         if self.parentless {
             return self.record_whiteout(parent, name, target);
         }
-        self.overlay_seen.insert(parent);
+        // Only a directory that exists holds names overlayfs may have looked up: keeping the
+        // others would cost memory for every whiteout under made-up parents.
         let Some(parent_fd) = existing_dir(self.root, parent)? else {
             return Ok(());
         };
+        self.overlay_seen.insert(parent);
         self.remember_times(parent, parent_fd.as_fd())?;
         self.remove_lower(parent_fd.as_fd(), name, target)
     }
@@ -926,6 +945,29 @@ fn fill_sparse(
     Ok(())
 }
 
+/// What becomes of an image's xattr.
+#[derive(Debug, PartialEq, Eq)]
+enum XattrKind {
+    /// `user.*` and `security.capability`, which a user namespace's root may set.
+    Applied,
+    /// `user.overlay.*` would steer overlayfs reading the store's layers (whiteouts,
+    /// redirects): an image may not set them, as umoci escapes them. (Rootless podman leaks
+    /// `user.overlay.origin` and `.impure` from its storage into the layers it builds.)
+    Overlay,
+    /// `trusted.*`, other `security.*`: the kernel gives them to no user namespace.
+    Privileged,
+}
+
+fn xattr_kind(key: &[u8]) -> XattrKind {
+    if key.starts_with(b"user.overlay.") {
+        XattrKind::Overlay
+    } else if key.starts_with(b"user.") || key == b"security.capability" {
+        XattrKind::Applied
+    } else {
+        XattrKind::Privileged
+    }
+}
+
 /// The entry's xattrs and the owner record; returns those that could not be set.
 fn set_xattrs(
     fd: BorrowedFd,
@@ -935,19 +977,16 @@ fn set_xattrs(
 ) -> Result<Vec<Skipped>> {
     let mut not_set = Vec::new();
     for (key, value) in &meta.xattrs {
-        // `user.overlay.*` would steer overlayfs reading the store's layers (whiteouts,
-        // redirects): an image may not set them, as umoci escapes them.
-        let settable = (key.starts_with(b"user.") && !key.starts_with(b"user.overlay."))
-            || key == b"security.capability";
-        let result = if settable {
-            at::set_xattr(fd, key, value)
-        } else {
-            Err(Errno::EPERM.into())
+        let refused = match xattr_kind(key) {
+            XattrKind::Applied => match at::set_xattr(fd, key, value) {
+                Ok(()) => continue,
+                Err(err) => format!("not set: {err}"),
+            },
+            XattrKind::Overlay => "overlayfs metadata, not applied".to_owned(),
+            XattrKind::Privileged => "needs privilege a user namespace does not give".to_owned(),
         };
-        if let Err(err) = result {
-            let reason = format!("xattr {} not set: {err}", String::from_utf8_lossy(key));
-            not_set.push(skipped(path, reason));
-        }
+        let reason = format!("xattr {}: {refused}", shown_bytes(key));
+        not_set.push(skipped(path, reason));
     }
     if let Some(record) = owner_record {
         at::set_xattr(fd, owner::XATTR.as_bytes(), &record)
@@ -960,6 +999,19 @@ fn skipped(path: &Path, reason: impl Into<String>) -> Skipped {
     Skipped {
         path: shown(path),
         reason: reason.into(),
+    }
+}
+
+/// Drops `path` and every path below it from `map`. (Paths order by component, so those
+/// below `path` follow it directly.)
+fn forget_tree<V>(map: &mut BTreeMap<PathBuf, V>, path: &Path) {
+    let doomed: Vec<PathBuf> = map
+        .range(path.to_path_buf()..)
+        .take_while(|(below, _)| below.starts_with(path))
+        .map(|(below, _)| below.clone())
+        .collect();
+    for below in doomed {
+        map.remove(&below);
     }
 }
 
@@ -992,18 +1044,6 @@ fn existing_dir(root: BorrowedFd, path: &Path) -> Result<Option<std::os::fd::Own
         Ok(fd) => Ok(Some(fd)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("resolving {}", shown(path))),
-    }
-}
-
-fn remove_xattr(fd: BorrowedFd, name: &str) -> Result<()> {
-    let name = std::ffi::CString::new(name).expect("constant xattr name");
-    // SAFETY: name is NUL-terminated.
-    let rc = unsafe { libc::fremovexattr(std::os::fd::AsRawFd::as_raw_fd(&fd), name.as_ptr()) };
-    let err = io::Error::last_os_error();
-    if rc == 0 || matches!(err.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) {
-        Ok(())
-    } else {
-        Err(err.into())
     }
 }
 

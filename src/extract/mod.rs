@@ -5,6 +5,7 @@ mod apply;
 mod decompress;
 pub mod owner;
 pub mod path;
+mod skipped;
 mod stream;
 mod writers;
 
@@ -106,13 +107,14 @@ pub fn apply_layer(
         if let Some(index) = results.iter().position(|(_, first)| *first) {
             results.swap_remove(index).0?;
         }
-        let (entries, skipped) = results.swap_remove(0).0?;
+        let (entries, (skipped, skipped_omitted)) = results.swap_remove(0).0?;
         inflated?;
         Ok(Applied {
             diff_id,
             entries,
             bytes,
             skipped,
+            skipped_omitted,
         })
     })
 }
@@ -124,7 +126,7 @@ fn extract(
     tree: Tree,
     mapped_ids: u64,
     writer_threads: usize,
-) -> Result<(u64, Vec<Skipped>)> {
+) -> Result<(u64, (Vec<Skipped>, u64))> {
     thread::scope(|scope| {
         let writers = writers::Writers::start(scope, writer_threads);
         let mut archive = strata_tar::Archive::new(stream);

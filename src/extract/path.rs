@@ -122,6 +122,10 @@ impl PathSet {
     pub fn clear(&mut self) {
         self.0.clear();
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Paths this layer created, with all their ancestors. A whiteout or opaque marker removes only

@@ -14,6 +14,7 @@ use std::thread::Scope;
 
 use anyhow::Result;
 
+use super::skipped::SkippedList;
 use crate::protocol::Skipped;
 
 /// Files at most this large are handed out; their contents travel with them.
@@ -88,8 +89,8 @@ struct State {
     failure: Option<anyhow::Error>,
     /// No more jobs will come: writers return once the queue is empty.
     closed: bool,
-    /// What jobs could not reproduce, by entry number.
-    skipped: Vec<(u64, Skipped)>,
+    /// What jobs could not reproduce.
+    skipped: SkippedList,
 }
 
 impl Shared {
@@ -169,11 +170,11 @@ impl Writers {
     }
 
     /// Waits for every job; returns what they could not reproduce, by entry number.
-    pub fn finish(&self) -> Result<Vec<(u64, Skipped)>> {
+    pub fn finish(&self) -> Result<SkippedList> {
         self.wait()?;
         Ok(match &self.shared {
             Some(shared) => std::mem::take(&mut shared.lock().skipped),
-            None => Vec::new(),
+            None => SkippedList::default(),
         })
     }
 }
@@ -216,9 +217,11 @@ fn work(shared: &Shared) {
             Some(_) => Ok(Vec::new()),
         };
         match result {
-            Ok(skipped) => state
-                .skipped
-                .extend(skipped.into_iter().map(|skip| (entry, skip))),
+            Ok(skipped) => {
+                for skip in skipped {
+                    state.skipped.push(entry, skip);
+                }
+            }
             Err(err) => {
                 state.failure.get_or_insert(err);
             }

@@ -22,6 +22,9 @@ use crate::protocol::{
     Request,
 };
 
+/// The most of the helper's reply that is read.
+const REPLY_LIMIT: u64 = 4 << 20;
+
 /// The `strata-helper` program: `$STRATA_HELPER`, else the file beside the running binary.
 #[derive(Clone, Debug)]
 pub struct Helper {
@@ -266,8 +269,15 @@ impl Started {
             (Some(blob), Some(mut stdin)) => blob.send(&mut stdin).err(),
             _ => None,
         };
+        // The reply is one line (skipped paths are capped at a thousand, names in it at 256
+        // bytes): more than REPLY_LIMIT is a helper gone wrong, not to be read whole.
         let mut reply = String::new();
-        let read = self.results.read_to_string(&mut reply);
+        let read = (&mut self.results)
+            .take(REPLY_LIMIT + 1)
+            .read_to_string(&mut reply);
+        if reply.len() as u64 > REPLY_LIMIT {
+            let _ = self.child.kill();
+        }
         let status = self.child.wait().context("waiting for the helper")?;
         let stderr = self
             .stderr_reader
@@ -279,6 +289,9 @@ impl Started {
             return Err(err);
         }
         read.context("reading the helper's reply")?;
+        if reply.len() as u64 > REPLY_LIMIT {
+            bail!("the helper's reply is over {} MiB", REPLY_LIMIT >> 20);
+        }
         match serde_json::from_str::<Reply>(reply.trim()) {
             Ok(Reply::Error { error }) => Err(anyhow!(error)),
             Ok(reply) if status.success() => Ok(reply),

@@ -82,6 +82,8 @@ pub struct Store {
     snapshotter: Snapshotter,
     /// Held for the store's lifetime: two strata processes never change one store at once.
     _lock: File,
+    /// What could not be removed from `tmp/`, and why: it stays, and the store works on.
+    left_behind: Vec<String>,
 }
 
 /// A snapshot being written: unique to this attempt, invisible under any chain ID.
@@ -134,6 +136,7 @@ impl Store {
             helper,
             snapshotter: Snapshotter::Native,
             _lock: lock,
+            left_behind: Vec::new(),
         };
         store.remove_debris()?;
         store.snapshotter = store.check_config(snapshotter)?;
@@ -269,7 +272,9 @@ impl Store {
         self.root.join("snapshots").join(chain_id.hex())
     }
 
-    fn remove_debris(&self) -> Result<()> {
+    /// Removes what earlier runs left in `tmp/`. What cannot be removed stays there, noted in
+    /// [`Store::left_behind`]: nothing in `tmp/` is under a chain ID, so it costs only disk.
+    fn remove_debris(&mut self) -> Result<()> {
         for entry in fs::read_dir(self.tmp()).context("listing the store's tmp directory")? {
             let entry = entry?;
             let path = entry.path();
@@ -278,10 +283,23 @@ impl Store {
             } else {
                 fs::remove_file(&path).map_err(Into::into)
             };
-            removed
-                .with_context(|| format!("removing debris {} of an earlier run", path.display()))?;
+            if let Err(err) = removed {
+                self.leave_behind(&path, err);
+            }
         }
         Ok(())
+    }
+
+    fn leave_behind(&mut self, path: &Path, err: anyhow::Error) {
+        self.left_behind.push(format!(
+            "could not remove {} ({err:#}); it stays in the store's tmp/, for `strata rmtree`",
+            path.display()
+        ));
+    }
+
+    /// What this store could not remove from its `tmp/`, and why, one line each.
+    pub fn left_behind(&self) -> &[String] {
+        &self.left_behind
     }
 
     /// Whether the snapshot `chain_id` is committed.
@@ -424,7 +442,7 @@ impl Store {
     }
 
     /// Removes every committed snapshot no recorded image needs; returns their infos.
-    pub fn collect_garbage(&self) -> Result<Vec<SnapshotInfo>> {
+    pub fn collect_garbage(&mut self) -> Result<Vec<SnapshotInfo>> {
         let needed: std::collections::HashSet<Digest> = images::list(&self.root)?
             .into_iter()
             .flat_map(|image| image.chain_ids)
@@ -439,9 +457,9 @@ impl Store {
             let doomed = self.tmp().join(format!("gc-{}", info.chain_id.hex()));
             fs::rename(self.snapshot_dir(&info.chain_id), &doomed)
                 .with_context(|| format!("removing snapshot {}", info.chain_id))?;
-            self.helper
-                .remove_dir(&doomed)
-                .with_context(|| format!("removing snapshot {}", info.chain_id))?;
+            if let Err(err) = self.helper.remove_dir(&doomed) {
+                self.leave_behind(&doomed, err);
+            }
             removed.push(info);
         }
         Ok(removed)

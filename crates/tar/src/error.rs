@@ -21,6 +21,9 @@ pub enum Error {
     /// A sparse file's entry holds more data than its map places.
     #[error("sparse file's entry holds more data than its map places")]
     UnreferencedData,
+    /// The archive was read on after an error, which stops it for good, as in Go.
+    #[error("the tar stream was read on after an error")]
+    Stopped,
     /// Reading the stream failed.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -19,8 +19,15 @@ pub struct Archive<R> {
     padding: u64,
     /// Of a sparse entry: how many data bytes its map still places.
     mapped_left: Option<u64>,
-    /// At the end, or after an error: Go's reader stops for good.
-    finished: bool,
+    /// Where reading stands: as in Go, an error stops it for good.
+    state: State,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Reading,
+    Ended,
+    Failed,
 }
 
 impl<R: Read> Archive<R> {
@@ -31,18 +38,24 @@ impl<R: Read> Archive<R> {
             data_left: 0,
             padding: 0,
             mapped_left: None,
-            finished: false,
+            state: State::Reading,
         }
     }
 
     /// The next entry, once whatever is left of the current one's data is skipped; `None` at
     /// the end of the archive (two zero blocks, or the end of the stream between entries).
     pub fn next_header(&mut self) -> Result<Option<Header>, Error> {
-        if self.finished {
-            return Ok(None);
+        match self.state {
+            State::Reading => {}
+            State::Ended => return Ok(None),
+            State::Failed => return Err(Error::Stopped),
         }
         let next = self.read_next();
-        self.finished = !matches!(next, Ok(Some(_)));
+        self.state = match &next {
+            Ok(Some(_)) => State::Reading,
+            Ok(None) => State::Ended,
+            Err(_) => State::Failed,
+        };
         next
     }
 
@@ -260,6 +273,17 @@ impl<R: Read> Archive<R> {
     }
 
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        if self.state == State::Failed {
+            return Err(Error::Stopped);
+        }
+        let read = self.read_entry_data(buf);
+        if read.is_err() {
+            self.state = State::Failed;
+        }
+        read
+    }
+
+    fn read_entry_data(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let Some(mapped_left) = self.mapped_left else {
             return self.read_data_raw(buf);
         };
@@ -300,4 +324,41 @@ fn read_full(inner: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sparse file whose entry holds more than its map places, then a file.
+    fn unreferenced_then_a_file() -> Vec<u8> {
+        let mut block = [0u8; BLOCK];
+        block[..1].copy_from_slice(b"s");
+        block[block::TYPEFLAG] = b'S';
+        block[257..265].copy_from_slice(b"ustar  \0");
+        block[124..136].copy_from_slice(b"00000000005\0");
+        block[block::GNU_REAL_SIZE].copy_from_slice(b"00000000010\0");
+        block[386..410].copy_from_slice(b"00000000000\x0000000000001\x00");
+        block::seal(&mut block);
+        let mut next = [0u8; BLOCK];
+        next[..5].copy_from_slice(b"after");
+        next[block::TYPEFLAG] = b'0';
+        block::seal(&mut next);
+        let mut data = [0u8; BLOCK];
+        data[..5].copy_from_slice(b"abcde");
+        [&block[..], &data, &next, &[0; 1024]].concat()
+    }
+
+    #[test]
+    fn an_error_stops_reading_for_good() {
+        let bytes = unreferenced_then_a_file();
+        let mut archive = Archive::new(&bytes[..]);
+        let header = archive.next_header().unwrap().unwrap();
+        assert_eq!((header.name.as_slice(), header.size), (&b"s"[..], 8));
+        let mut data = Vec::new();
+        let err = archive.data().read_to_end(&mut data).unwrap_err();
+        assert!(err.to_string().contains("more data than its map"), "{err}");
+        assert!(matches!(archive.next_header(), Err(Error::Stopped)));
+        assert!(archive.data().read(&mut [0; 8]).is_err());
+    }
 }
