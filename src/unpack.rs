@@ -172,7 +172,12 @@ fn unpack_directly(
                 .with_context(|| describe(image, index))?;
             next = (index + 1 < count).then(|| start(index + 1)).transpose()?;
             let applied = extract(image, index, |_, blob| started.apply(blob))?;
-            reports.push(report(layer, chain_id.clone(), false, Some(&applied)));
+            reports.push(report(
+                layer,
+                chain_id.clone(),
+                false,
+                Outcome::Applied(&applied),
+            ));
         }
         Ok(())
     })();
@@ -201,7 +206,10 @@ fn unpack_with_store(
             layer,
         });
         let chain_id = plan.chain_ids[index].clone();
-        reports.push(report(layer, chain_id, false, None));
+        let info = store
+            .info(&chain_id)
+            .with_context(|| describe(image, index))?;
+        reports.push(report(layer, chain_id, false, Outcome::Cached(info)));
     }
     if jobs > 1 && count - plan.first_missing > 1 && store.parentless_capable() {
         reports.extend(extract_side_by_side(store, image, &plan, jobs, progress)?);
@@ -224,7 +232,7 @@ fn unpack_with_store(
         });
         let applied = extract_on_parent(store, image, &plan, index, Some(staging))?;
         let chain_id = plan.chain_ids[index].clone();
-        reports.push(report(layer, chain_id, false, Some(&applied)));
+        reports.push(report(layer, chain_id, false, Outcome::Applied(&applied)));
     }
     Ok(reports)
 }
@@ -279,6 +287,8 @@ fn commit(
         layer: layer.digest.clone(),
         created: now(),
         size: applied.bytes,
+        skipped: applied.skipped.clone(),
+        skipped_omitted: applied.skipped_omitted,
     };
     store
         .commit(active, &info)
@@ -352,7 +362,12 @@ fn extract_side_by_side(
                 Err(err) => return Err(err),
             };
             let chain_id = plan.chain_ids[index].clone();
-            reports.push(report(layer, chain_id, parentless, Some(&applied)));
+            reports.push(report(
+                layer,
+                chain_id,
+                parentless,
+                Outcome::Applied(&applied),
+            ));
             Ok(())
         });
         if let Err(err) = outcome {
@@ -448,20 +463,26 @@ fn diff_ids(image: &Image) -> Vec<Digest> {
         .collect()
 }
 
-/// A layer's report: `applied` is the helper's account, `None` for a layer found in the store.
-fn report(
-    layer: &Layer,
-    chain_id: Digest,
-    parentless: bool,
-    applied: Option<&Applied>,
-) -> LayerReport {
+/// How a layer came to be in place.
+enum Outcome<'a> {
+    /// Extracted now: the helper's account.
+    Applied(&'a Applied),
+    /// Found in the store: what its snapshot recorded when it was extracted.
+    Cached(SnapshotInfo),
+}
+
+fn report(layer: &Layer, chain_id: Digest, parentless: bool, outcome: Outcome) -> LayerReport {
+    let (cached, skipped, skipped_omitted) = match outcome {
+        Outcome::Applied(applied) => (false, applied.skipped.clone(), applied.skipped_omitted),
+        Outcome::Cached(info) => (true, info.skipped, info.skipped_omitted),
+    };
     LayerReport {
         digest: layer.digest.clone(),
         diff_id: layer.diff_id.clone(),
         chain_id,
-        cached: applied.is_none(),
+        cached,
         parentless,
-        skipped: applied.map_or_else(Vec::new, |applied| applied.skipped.clone()),
-        skipped_omitted: applied.map_or(0, |applied| applied.skipped_omitted),
+        skipped,
+        skipped_omitted,
     }
 }

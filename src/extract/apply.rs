@@ -218,13 +218,14 @@ impl<'a> Applier<'a> {
 
     /// Whiteouts and opaque markers remove only what lower layers left, never a name of this
     /// layer, as every handed-out file is (its writer removes the lower file it replaces): on
-    /// a plain tree they go on beside the writers. Unless `dir` is reached through a symlink
-    /// while files are out: the paths they compare would not be the ones those files went
-    /// out under, and whether a file is there yet would depend on the writers' timing. Through
+    /// a plain tree they go on beside the writers. Unless `dir`, or a file that is out, is
+    /// reached through a symlink: the paths they compare would not be the ones those files
+    /// went out under, and whether a file is there yet would depend on the writers' timing. Through
     /// an overlay, their lookups must not meet a directory being written behind overlayfs's
     /// back.
     fn wait_before_removing_in(&mut self, dir: &Path) -> Result<()> {
-        let aliased = !self.handed_out.is_empty() && at::resolve_real_dir(self.root, dir).is_err();
+        let aliased = !self.handed_out.is_empty()
+            && (self.handed_out_through_symlink || at::resolve_real_dir(self.root, dir).is_err());
         if self.overlay_upper.is_some() || aliased {
             self.wait_for_writers()?;
         }

@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::protocol::{Applied, Compression, Overlay};
+use crate::protocol::{Applied, Compression, Overlay, Skipped};
 use crate::sandbox::{Blob, Helper, IdMap};
 use crate::{at, tree};
 pub use images::ImageRecord;
@@ -74,6 +74,12 @@ pub struct SnapshotInfo {
     /// Bytes of the layer's uncompressed stream.
     #[serde(default)]
     pub size: u64,
+    /// What the layer could not reproduce, as its extraction reported it: a later run that
+    /// finds the snapshot reports the same.
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+    #[serde(default)]
+    pub skipped_omitted: u64,
 }
 
 pub struct Store {
@@ -326,7 +332,8 @@ impl Store {
         Ok(layers)
     }
 
-    fn info(&self, chain_id: &Digest) -> Result<SnapshotInfo> {
+    /// What the committed snapshot `chain_id` records of itself.
+    pub fn info(&self, chain_id: &Digest) -> Result<SnapshotInfo> {
         let path = self.snapshot_dir(chain_id).join("info.json");
         let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))
