@@ -1,4 +1,4 @@
-//! The sandbox the helper builds around itself, in the order it must happen (DESIGN §4):
+//! The sandbox the helper builds around itself, in the order it must happen:
 //! user and mount namespaces, pivot into the target, then lockdown. Each step is one function
 //! that checks every syscall on the spot.
 

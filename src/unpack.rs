@@ -1,4 +1,4 @@
-//! The unpack pipeline: the seed's `ApplyLayers`, made rootless (DESIGN §3). Resolve the image,
+//! The unpack pipeline: containerd's `rootfs.ApplyLayers`, made rootless. Resolve the image,
 //! plan by chain ID, extract each missing layer into an active snapshot through the helper (in
 //! order, or side by side into parentless snapshots with `jobs`), verify, commit; then produce
 //! DEST from the top snapshot.

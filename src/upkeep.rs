@@ -1,4 +1,4 @@
-//! The upkeep commands (DESIGN §2): see what the store holds, forget images, collect the
+//! The upkeep commands: see what the store holds, forget images, collect the
 //! snapshots nothing needs, and remove trees strata made. Removal always runs in a helper with
 //! the store's id map, so subordinate-owned and mode-000 trees go too.
 

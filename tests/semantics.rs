@@ -1,4 +1,4 @@
-//! Layer semantics (DESIGN §5, image-spec layer.md with umoci as the reference): one test per
+//! Layer semantics (image-spec layer.md with umoci as the reference): one test per
 //! rule. Every image is unpacked through the store and with `--no-store`, and again from the
 //! store once it holds every layer: all three must produce the same tree.
 
@@ -608,7 +608,7 @@ fn hardlink_chain_shares_one_inode() {
 
 #[test]
 fn dest_shares_no_inode_with_the_store_but_keeps_its_own_hardlinks() {
-    // DESIGN §3.4: DEST is a copy, never hardlinks into the store.
+    // DEST is a copy, never hardlinks into the store.
     let env = TestEnv::new();
     let image = Image::new()
         .layer(Layer::new().file("a", b"data", 0o644).hardlink("b", "a"))

@@ -1,5 +1,5 @@
 //! The helper's half of a layer: decompress, hash, and apply a tar stream to a root directory
-//! with OCI whiteout semantics (DESIGN §4.4, §5).
+//! with OCI whiteout semantics.
 
 mod apply;
 mod decompress;

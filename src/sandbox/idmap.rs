@@ -1,4 +1,4 @@
-//! Which ids the helper's user namespace maps (DESIGN §4.1): the user alone, or the user as
+//! Which ids the helper's user namespace maps: the user alone, or the user as
 //! container root plus a subordinate range from `/etc/subuid` and `/etc/subgid`.
 
 use std::fmt;

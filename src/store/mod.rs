@@ -1,4 +1,4 @@
-//! The snapshot store: snapshots named by chain ID (DESIGN §3), made by one of two snapshotters.
+//! The snapshot store: snapshots named by chain ID, made by one of two snapshotters.
 //! *Native*: every committed snapshot is a full tree, a copy of its parent with the layer
 //! applied; works on any filesystem. *Overlay*: a committed snapshot holds only its layer's
 //! changes (overlayfs format: whiteouts are 0/0 devices, opaque directories carry
