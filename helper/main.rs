@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use nix::unistd::getppid;
 use strata::extract::NeedsLowers;
-use strata::protocol::{CONTROL_FD, Op, RESULT_FD, Reply, Request};
+use strata::protocol::{CONTROL_FD, Onto, Op, RESULT_FD, Reply, Request};
 use strata::{extract, tree};
 
 fn main() -> ExitCode {
@@ -74,7 +74,14 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
     confine::close_fds_from(CONTROL_FD + 1)?;
     confine::enter_user_namespace(&request.idmap, results, control)?;
     confine::make_mounts_private()?;
-    if let Some(overlay) = &request.overlay {
+    let overlay = match &request.op {
+        Op::Apply {
+            onto: Onto::Overlay(overlay),
+            ..
+        } => Some(overlay),
+        _ => None,
+    };
+    if let Some(overlay) = overlay {
         let upper = Some((overlay.upper.as_path(), overlay.work.as_path()));
         confine::mount_overlay(&request.root, &overlay.lowers, upper)?;
     }
@@ -83,7 +90,7 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
     // apply to, and the overlay's upper directory, which it may write.
     let open =
         |dir: &Path| tree::open_dir(dir).with_context(|| format!("opening {}", dir.display()));
-    let (overlay_upper, overlay_lowers) = match &request.overlay {
+    let (overlay_upper, overlay_lowers) = match overlay {
         Some(overlay) => (
             Some(open(&overlay.upper)?),
             overlay
@@ -117,9 +124,7 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
 
     match request.op {
         Op::Apply {
-            compression,
-            parentless,
-            ..
+            compression, onto, ..
         } => {
             // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads stdin.
             let stdin = unsafe { File::from_raw_fd(0) };
@@ -127,17 +132,21 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
             // Reading 200 MB through a 1 MiB buffer took four times the CPU (measured).
             let input = BufReader::with_capacity(64 * 1024, stdin);
             let lowers: Vec<_> = overlay_lowers.iter().map(|fd| fd.as_fd()).collect();
-            let main = extract::Tree {
-                root: root.as_fd(),
-                overlay_upper: overlay_upper.as_ref().map(|fd| fd.as_fd()),
-                overlay_lowers: &lowers,
-                parentless,
+            // The overlay's upper directory is open exactly when the layer goes onto one.
+            let main = match (&overlay_upper, onto) {
+                (Some(upper), _) => extract::Tree::Overlay {
+                    merged: root.as_fd(),
+                    upper: upper.as_fd(),
+                    lowers: &lowers,
+                },
+                (None, Onto::Parentless) => extract::Tree::Parentless(root.as_fd()),
+                (None, _) => extract::Tree::Plain(root.as_fd()),
             };
             let trees: Vec<_> = std::iter::once(main)
                 .chain(
                     second_root
                         .as_ref()
-                        .map(|fd| extract::Tree::plain(fd.as_fd())),
+                        .map(|fd| extract::Tree::Plain(fd.as_fd())),
                 )
                 .collect();
             let applied =

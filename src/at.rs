@@ -9,12 +9,12 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, readlinkat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fstatat, mkdirat};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 pub type Result<T> = io::Result<T>;
@@ -69,60 +69,10 @@ fn open_dir_in_root(root: BorrowedFd, path: &Path, how: OpenHow) -> Result<Owned
     }
 }
 
-/// Like [`resolve_dir`], but creates missing directories (mode 0755, owned by the namespace's
-/// root) the way `mkdir -p` inside a chroot would, including through a symlink whose target
-/// does not exist yet (`var/run -> /run` before `/run`). The walk happens in userspace to know
-/// what to create, but every open goes through [`resolve_dir`], so it cannot leave `root`.
-pub fn resolve_dir_creating(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
-    match resolve_dir(root, path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        other => return other,
-    }
-    let mut pending: Vec<OsString> = components(path);
-    let mut resolved = PathBuf::new();
-    let mut symlinks_followed = 0;
-    while let Some(name) = pending.pop() {
-        match name.as_bytes() {
-            b"" | b"." => continue,
-            b".." => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let dir = resolve_dir(root, &resolved)?;
-        match lstat(dir.as_fd(), &name)? {
-            None => mkdirat(&dir, name.as_os_str(), Mode::from_bits_truncate(0o755))?,
-            Some(st) if is_dir(&st) => {}
-            Some(st) if is_symlink(&st) => {
-                symlinks_followed += 1;
-                if symlinks_followed > 40 {
-                    return Err(Errno::ELOOP.into());
-                }
-                let target = PathBuf::from(readlinkat(&dir, name.as_os_str())?);
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                pending.extend(components(&target));
-                continue;
-            }
-            Some(_) => return Err(Errno::ENOTDIR.into()),
-        }
-        resolved.push(&name);
-    }
-    resolve_dir(root, &resolved)
-}
-
-/// The components of `path` in reverse order, ready to be popped.
-fn components(path: &Path) -> Vec<OsString> {
-    path.components()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(name.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .rev()
-        .collect()
+/// Opens the directory `name` in `dir` for `*at` calls (`O_PATH`), never following a symlink.
+pub fn step_into(dir: BorrowedFd, name: &OsStr) -> Result<OwnedFd> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    Ok(openat(dir, name, flags, Mode::empty())?)
 }
 
 /// `lstat` of `name` in `dir`; `None` when nothing is there.

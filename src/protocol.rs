@@ -27,10 +27,24 @@ pub struct Request {
     /// The directory the helper pivots into: the only tree it may write.
     pub root: PathBuf,
     pub idmap: IdMap,
-    /// An overlay to mount at `root` first (inside the helper's mount namespace): the layer is
-    /// then applied to the merged view and lands in `upper` (the overlay snapshotter).
-    pub overlay: Option<Overlay>,
     pub op: Op,
+}
+
+/// Where a layer is applied.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Onto {
+    /// `root` itself: DEST, or a native snapshot.
+    Plain,
+    /// An overlay mounted at `root` first (inside the helper's mount namespace): the layer is
+    /// applied to the merged view and lands in its upper directory (the overlay snapshotter).
+    Overlay(Overlay),
+    /// `root` is an overlay snapshot's own directory, written while the layers below it are
+    /// not mounted (so that layers can be extracted side by side). What the layer removes is
+    /// recorded as overlayfs records it, as whiteout devices and opaque directories; an entry
+    /// whose result depends on the layers below (a hardlink to their file, an entry in a
+    /// directory the layer does not make) stops the helper with [`Reply::NeedsLowers`].
+    Parentless,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -45,21 +59,13 @@ pub struct Overlay {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
-    /// Apply the layer on stdin to `root`, with OCI whiteout semantics; with `also_to`, to
-    /// that directory as well, in the same pass (a store's cold run fills DEST while it fills
-    /// the snapshot, rather than copying it afterwards).
-    ///
-    /// `parentless`: `root` is an overlay snapshot's own directory, written while the layers
-    /// below it are not mounted (so that layers can be extracted side by side). What the
-    /// layer removes is recorded as overlayfs records it, as whiteout devices and opaque
-    /// directories; an entry whose result depends on the layers below (a hardlink to their
-    /// file, an entry in a directory the layer does not make) stops the helper with
-    /// [`Reply::NeedsLowers`].
+    /// Apply the layer on stdin `onto` `root`, with OCI whiteout semantics; with `also_to`,
+    /// to that directory as well, in the same pass (a store's cold run fills DEST while it
+    /// fills the snapshot, rather than copying it afterwards).
     Apply {
         compression: Compression,
+        onto: Onto,
         also_to: Option<PathBuf>,
-        #[serde(default)]
-        parentless: bool,
     },
     /// Copy a tree into the empty `root`, preserving hardlinks, owners, modes, times and xattrs;
     /// never sharing inodes with the source. The source is `sources[0]`, or with several, the
@@ -111,7 +117,7 @@ pub enum Reply {
     Done {
         done: bool,
     },
-    /// A `parentless` apply met an entry that needs the layers below; it says which.
+    /// An apply [`Onto::Parentless`] met an entry that needs the layers below; it says which.
     NeedsLowers {
         needs_lowers: String,
     },

@@ -17,7 +17,7 @@ use crate::digest::Digest;
 use crate::extract::NeedsLowers;
 use crate::image::{self, Image, ImageRef, Layer, Platform};
 use crate::plan::{Plan, plan};
-use crate::protocol::{Applied, Compression, Skipped};
+use crate::protocol::{Applied, Compression, Onto, Skipped};
 use crate::sandbox::{Blob, Helper, IdMap, IdMapMode};
 use crate::store::{Active, ImageRecord, SnapshotInfo, SnapshotterMode, Store, after_cleanup, now};
 
@@ -151,7 +151,7 @@ fn unpack_directly(
     // Started on this thread, which outlives them (see `Helper::start`); set up on another.
     let start = |index: usize| -> Result<_> {
         let compression = image.layers[index].compression;
-        let started = helper.start_apply(staging.path(), None, None, false, compression)?;
+        let started = helper.start_apply(staging.path(), Onto::Plain, None, compression)?;
         Ok(thread::spawn(move || started.set_up()))
     };
     let mut next = None;

@@ -118,18 +118,6 @@ fn scan_outside(env: &TestEnv) -> Tree {
 }
 
 #[track_caller]
-fn assert_file(tree: &Tree, path: &str, contents: &[u8]) {
-    let node = tree.node(path);
-    assert_eq!(node.kind, Kind::File, "{path} in {}", tree.root.display());
-    assert_eq!(
-        node.hash.as_deref(),
-        Some(sha256(contents).as_str()),
-        "contents of {path} in {}",
-        tree.root.display()
-    );
-}
-
-#[track_caller]
 fn assert_symlink(tree: &Tree, path: &str, target: &str) {
     let node = tree.node(path);
     assert_eq!(

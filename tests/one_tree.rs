@@ -262,7 +262,8 @@ fn metadata_of_a_replaced_directory_does_not_land_on_a_symlink_target() {
 }
 
 /// Files of a layer and whiteouts of them through a symlink to their directory: the result
-/// may not depend on whether the writer threads were done, run after run.
+/// may not depend on whether the writer threads were done, run after run. The whiteouts name
+/// the layer's own files, which they spare.
 #[test]
 fn whiteouts_through_a_symlink_do_not_race_the_writers() {
     let env = TestEnv::new();
@@ -277,10 +278,102 @@ fn whiteouts_through_a_symlink_do_not_race_the_writers() {
     env.own(&image.path);
     let [first, _] = unpack_both(&env, &image.path);
     let expected: Vec<_> = first.tree.keys().cloned().collect();
+    // `s/aN` is `d/aN`, a file of the whiteout's own layer, which it spares.
+    for i in 0..64 {
+        assert_file(&first.tree, &format!("d/a{i}"), b"small");
+    }
     for _ in 0..50 {
         let dest = fresh_dest(&env, Mode::NoStore);
         run_unpack(&env, Mode::NoStore, &[], image.path.as_os_str(), &dest).success();
         let found: Vec<_> = Tree::scan(&dest).keys().cloned().collect();
         assert_eq!(found, expected);
+    }
+}
+
+/// A name made through a symlink to a directory of the layer (`s/x`, `s -> d`), then through
+/// the directory (`d/x`), is one name: the second entry replaces the first, as it would in
+/// the reverse order.
+#[test]
+fn a_name_made_through_an_alias_and_through_its_directory_is_one_name() {
+    let env = TestEnv::new();
+    let image = Image::new()
+        .layer(
+            Layer::new()
+                .dir("d/", 0o755)
+                .symlink("s", "d")
+                .file("s/x", "through s", 0o644)
+                .file("d/x", "through d", 0o600)
+                .file("d/y", "through d", 0o644)
+                .symlink("s/y", "x")
+                .dir("s/sub/", 0o700)
+                .file("d/sub/z", "z", 0o644),
+        )
+        .write(&env.path().join("image"));
+    env.own(&image.path);
+    let [store, _] = unpack_both(&env, &image.path);
+    let tree = &store.tree;
+    assert_file(tree, "d/x", b"through d");
+    assert_eq!(tree.node("d/x").mode, 0o600);
+    assert_eq!(tree.node("d/y").kind, Kind::Symlink);
+    assert_eq!(tree.node("d/sub").mode, 0o700);
+    assert_file(tree, "d/sub/z", b"z");
+}
+
+/// A later layer that makes a directory inside one a lower layer named (`s/e` for the file
+/// `s/e/f`, or through a symlink to `s`) leaves the named one's time as the image gave it.
+#[test]
+fn a_named_directory_keeps_its_time_when_a_later_layer_makes_one_inside_it() {
+    let env = TestEnv::new();
+    let image = Image::new()
+        .layer(
+            Layer::new()
+                .entry(Entry::dir("s/").mtime(1_000))
+                .entry(Entry::dir("t/").mtime(2_000))
+                .symlink("u", "t"),
+        )
+        .layer(
+            Layer::new()
+                .file("s/e/f", "f", 0o644)
+                .file("u/e/f", "f", 0o644),
+        )
+        .write(&env.path().join("image"));
+    env.own(&image.path);
+    for unpacked in unpack_both(&env, &image.path) {
+        let tree = &unpacked.tree;
+        assert_eq!(tree.node("s").mtime.0, 1_000, "{:?}", unpacked.mode);
+        assert_eq!(tree.node("t").mtime.0, 2_000, "{:?}", unpacked.mode);
+        assert_file(tree, "t/e/f", b"f");
+    }
+}
+
+/// A whiteout under a directory that does not exist yet, then that directory and names in it:
+/// through an overlay, the lookup that missed must not leave the directory hidden from
+/// overlayfs, which would lose its mode and time and refuse a link to its file (`Stale file
+/// handle`).
+#[test]
+fn a_directory_made_after_a_whiteout_below_it_is_seen_through_the_overlay() {
+    let env = TestEnv::new();
+    let image = Image::new()
+        .layer(Layer::new().dir("a/", 0o755))
+        .layer(
+            Layer::new()
+                .dir("d/", 0o755)
+                .whiteout("d/sub/x")
+                .entry(Entry::dir("d/sub/").mode(0o750).mtime(3_000))
+                .file("d/sub/z", "z", 0o644)
+                .hardlink("h", "d/sub/z"),
+        )
+        .write(&env.path().join("image"));
+    env.own(&image.path);
+    for unpacked in unpack_both(&env, &image.path) {
+        let sub = unpacked.tree.node("d/sub");
+        assert_eq!(
+            (sub.mode, sub.mtime.0),
+            (0o750, 3_000),
+            "{:?}",
+            unpacked.mode
+        );
+        let (h, z) = (unpacked.tree.node("h"), unpacked.tree.node("d/sub/z"));
+        assert_eq!((h.ino, h.nlink), (z.ino, 2));
     }
 }

@@ -314,19 +314,15 @@ enum Node {
 }
 
 /// Paths relative to the root, `""` for the root, following the changeset rules as strata
-/// applies them (a whiteout spares what this layer made under the path the whiteout names).
+/// applies them (a whiteout spares what this layer made, however either names it).
 /// The generator uses it to keep most images valid (hardlinks to files that exist, entries
 /// under directories rather than files); where it is wrong, an image fails in every mode,
 /// which the property allows.
 #[derive(Clone, Debug, Default)]
 struct Model {
     nodes: BTreeMap<String, Node>,
-    /// What the current layer made, by the paths it was written under.
+    /// What the current layer made, with the directories it is in, by resolved path.
     upper: BTreeSet<String>,
-    /// Directories the current layer made (rather than merged into), by their written paths.
-    fresh: BTreeSet<String>,
-    /// What the current layer made: resolved path, and the path it was written under.
-    made: BTreeMap<String, String>,
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -436,16 +432,23 @@ impl Model {
             .collect()
     }
 
-    /// Removes what lower layers put at `canonical`, reached by the path `written`: as strata
-    /// does, the names this layer made are told by the paths they were written under.
-    fn remove_lower(&mut self, canonical: &str, written: &str) {
-        if !self.upper.contains(written) {
+    /// Removes what lower layers put at `canonical`.
+    fn remove_lower(&mut self, canonical: &str) {
+        if !self.upper.contains(canonical) {
             self.remove_tree(canonical);
         } else if self.is_dir(canonical) {
             for child in self.children(canonical) {
-                let name = split(&child).1.to_owned();
-                self.remove_lower(&child, &join(written, &name));
+                self.remove_lower(&child);
             }
+        }
+    }
+
+    /// The layer made `canonical`, and so the directories it is in.
+    fn made(&mut self, canonical: &str) {
+        let mut prefix = String::new();
+        for component in canonical.split('/').filter(|c| !c.is_empty()) {
+            prefix = join(&prefix, component);
+            self.upper.insert(prefix.clone());
         }
     }
 
@@ -461,12 +464,11 @@ impl Model {
             }
             if target == ".wh..opq" {
                 for child in self.children(&parent) {
-                    let name = split(&child).1.to_owned();
-                    self.remove_lower(&child, &join(written_parent, &name));
+                    self.remove_lower(&child);
                 }
-                self.upper.insert(written_parent.to_owned());
+                self.made(&parent);
             } else {
-                self.remove_lower(&join(&parent, target), &join(written_parent, target));
+                self.remove_lower(&join(&parent, target));
             }
             return;
         }
@@ -484,41 +486,14 @@ impl Model {
         self.mkdir_p(&parent);
         let path = join(&parent, base);
         if !(node == Node::Dir && self.nodes.get(&path) == Some(&Node::Dir)) {
-            let prefix = format!("{name}/");
-            self.fresh
-                .retain(|dir| dir != name && !dir.starts_with(&prefix));
-            if node == Node::Dir {
-                self.fresh.insert(name.to_owned());
-            }
             self.remove_tree(&path);
             self.nodes.insert(path.clone(), node);
         }
-        self.made.insert(path, name.to_owned());
-        self.upper.insert(name.to_owned());
-    }
-
-    /// Whether strata is known to refuse `spec` (a bug of its own, the same in every mode): a
-    /// name made in a directory of this layer through one path (`s/x`, `s -> d`) and then
-    /// through another (`d/x`) is not looked for, and the second fails with EEXIST.
-    fn refuses(&self, spec: &Spec) -> bool {
-        let name = spec.name.trim_end_matches('/');
-        let (written_parent, base) = split(name);
-        if base.starts_with(".wh.") || !self.fresh.contains(written_parent) {
-            return false;
-        }
-        let Some(parent) = self.walk(written_parent, true) else {
-            return false;
-        };
-        let path = join(&parent, base);
-        self.made
-            .get(&path)
-            .is_some_and(|written| written != name && self.nodes.contains_key(&path))
+        self.made(&path);
     }
 
     fn end_layer(&mut self) {
         self.upper.clear();
-        self.fresh.clear();
-        self.made.clear();
     }
 
     fn dirs(&self) -> Vec<String> {
@@ -608,13 +583,7 @@ impl Generator {
                 self.burst(&mut specs);
                 continue;
             }
-            let mut spec = self.entry(index);
-            for _ in 0..8 {
-                if !self.model.refuses(&spec) {
-                    break;
-                }
-                spec = self.entry(index);
-            }
+            let spec = self.entry(index);
             // A whiteout below a directory that does not exist: often, the directory made
             // right after, and a file in it.
             let name = spec.name.clone();
@@ -675,9 +644,6 @@ impl Generator {
                 && self.rng.percent(70)
             {
                 *len = 7;
-            }
-            if self.model.refuses(&spec) {
-                continue;
             }
             self.push(specs, spec);
         }

@@ -21,19 +21,6 @@ fn layout(env: &TestEnv, name: &str) -> PathBuf {
 }
 
 #[track_caller]
-fn assert_file(tree: &Tree, path: &str, contents: &[u8]) {
-    let node = tree.node(path);
-    assert_eq!(node.kind, Kind::File, "{path} in {}", tree.root.display());
-    assert_eq!(
-        node.hash.as_deref(),
-        Some(sha256(contents).as_str()),
-        "contents of {path} in {}: expected {:?}",
-        tree.root.display(),
-        String::from_utf8_lossy(contents)
-    );
-}
-
-#[track_caller]
 fn assert_absent(tree: &Tree, path: &str) {
     assert!(
         !tree.contains_key(path),

@@ -3,8 +3,10 @@
 
 mod apply;
 mod decompress;
+mod handout;
 pub mod owner;
 pub mod path;
+mod resolve;
 mod skipped;
 mod stream;
 mod writers;
@@ -21,15 +23,54 @@ use stream::ChunkReader;
 
 /// A tree a layer is applied to.
 #[derive(Clone, Copy)]
-pub struct Tree<'a> {
-    pub root: BorrowedFd<'a>,
-    /// With `root` an overlay mount (the overlay snapshotter): its upper directory,
-    pub overlay_upper: Option<BorrowedFd<'a>>,
-    /// and its lower ones, top first.
-    pub overlay_lowers: &'a [BorrowedFd<'a>],
-    /// `root` is an overlay snapshot's own directory, written with nothing below it mounted
-    /// (see [`crate::protocol::Op::Apply`]).
-    pub parentless: bool,
+pub enum Tree<'a> {
+    /// A directory of its own: DEST, or a native snapshot.
+    Plain(BorrowedFd<'a>),
+    /// An overlay mount (the overlay snapshotter): entries go through `merged`, and land in
+    /// `upper`; `lowers` are the layers below, top first.
+    Overlay {
+        merged: BorrowedFd<'a>,
+        upper: BorrowedFd<'a>,
+        lowers: &'a [BorrowedFd<'a>],
+    },
+    /// An overlay snapshot's own directory, written with nothing below it mounted (see
+    /// [`crate::protocol::Onto::Parentless`]).
+    Parentless(BorrowedFd<'a>),
+}
+
+impl<'a> Tree<'a> {
+    /// Where names are resolved and entries applied.
+    pub fn root(&self) -> BorrowedFd<'a> {
+        match *self {
+            Tree::Plain(root) | Tree::Parentless(root) => root,
+            Tree::Overlay { merged, .. } => merged,
+        }
+    }
+
+    fn upper(&self) -> Option<BorrowedFd<'a>> {
+        match *self {
+            Tree::Overlay { upper, .. } => Some(upper),
+            _ => None,
+        }
+    }
+
+    fn lowers(&self) -> &'a [BorrowedFd<'a>] {
+        match *self {
+            Tree::Overlay { lowers, .. } => lowers,
+            _ => &[],
+        }
+    }
+
+    fn is_parentless(&self) -> bool {
+        matches!(self, Tree::Parentless(_))
+    }
+
+    fn target(&self) -> handout::Target {
+        match self {
+            Tree::Overlay { .. } => handout::Target::Overlay,
+            _ => handout::Target::Plain,
+        }
+    }
 }
 
 /// A parentless layer met an entry whose result depends on the layers below it: the layer
@@ -37,17 +78,6 @@ pub struct Tree<'a> {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NeedsLowers(pub String);
-
-impl<'a> Tree<'a> {
-    pub fn plain(root: BorrowedFd<'a>) -> Self {
-        Tree {
-            root,
-            overlay_upper: None,
-            overlay_lowers: &[],
-            parentless: false,
-        }
-    }
-}
 
 /// Applies the compressed layer `input` to each of `trees` (the first one's account of it is
 /// returned). `mapped_ids` is how many ids the caller's user namespace maps from 0;
@@ -231,7 +261,7 @@ mod tests {
         apply_layer(
             &tar_of(entries)[..],
             Compression::None,
-            &[Tree::plain(dir.as_fd())],
+            &[Tree::Plain(dir.as_fd())],
             1,
         )
     }
@@ -448,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_named_through_a_symlink_and_its_real_path_is_written_in_entry_order() {
+    fn a_file_named_through_a_symlink_and_its_real_path_is_one_file() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         let names: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
@@ -469,16 +499,19 @@ mod tests {
             };
             upper.extend([E::File(first, "first"), E::File(second, "second")]);
         }
-        // A file of this layer, then a whiteout of it through the symlink: applied one entry
-        // after the other, the whiteout removes it.
-        upper.extend([E::File("real/gone", "upper"), E::File("link/.wh.gone", "")]);
+        // A file of this layer, then a whiteout of it through the symlink: the same file,
+        // which a whiteout of its own layer spares, however it is spelled.
+        upper.extend([E::File("real/kept", "upper"), E::File("link/.wh.kept", "")]);
+        // A lower file whited out through the symlink, then written through the real path.
+        upper.extend([E::File("link/.wh.gone", ""), E::File("real/gone", "upper")]);
         apply(root, &upper).unwrap();
 
         for path in &real {
             assert_eq!(read(&root.join(path)), "second", "{path}");
         }
-        assert!(!root.join("real/gone").exists());
-        assert_eq!(fs::read_dir(root.join("real")).unwrap().count(), 100);
+        assert_eq!(read(&root.join("real/kept")), "upper");
+        assert_eq!(read(&root.join("real/gone")), "upper");
+        assert_eq!(fs::read_dir(root.join("real")).unwrap().count(), 102);
     }
 
     #[test]
@@ -490,7 +523,7 @@ mod tests {
         let applied = apply_layer(
             &stream[..],
             Compression::None,
-            &[Tree::plain(dir.as_fd())],
+            &[Tree::Plain(dir.as_fd())],
             1,
         )
         .unwrap();

@@ -18,8 +18,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::extract::NeedsLowers;
 use crate::protocol::{
-    Applied, CONTROL_FD, Compression, MAPS_READY, MAPS_WANTED, Op, Overlay, RESULT_FD, Reply,
-    Request,
+    Applied, CONTROL_FD, Compression, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, Reply, Request,
 };
 
 /// The most of the helper's reply that is read.
@@ -97,21 +96,19 @@ impl Helper {
         }
     }
 
-    /// Applies the layer `blob` to `root`, or with `overlay`, to the overlay mounted there; and
-    /// to the directory `also_to` in the same pass. An error sending `blob` (a digest or size
-    /// mismatch, detected while streaming) wins over what the helper made of the cut stream.
-    /// `parentless`: see [`Op::Apply`]; a layer that needs the layers below fails with
-    /// [`NeedsLowers`].
+    /// Applies the layer `blob` `onto` `root`, and to the directory `also_to` in the same
+    /// pass. An error sending `blob` (a digest or size mismatch, detected while streaming)
+    /// wins over what the helper made of the cut stream. A layer [`Onto::Parentless`] that
+    /// needs the layers below fails with [`NeedsLowers`].
     pub fn apply(
         &self,
         root: &Path,
-        overlay: Option<Overlay>,
+        onto: Onto,
         also_to: Option<&Path>,
-        parentless: bool,
         compression: Compression,
         blob: &Blob,
     ) -> Result<Applied> {
-        self.start_apply(root, overlay, also_to, parentless, compression)?
+        self.start_apply(root, onto, also_to, compression)?
             .set_up()?
             .apply(blob)
     }
@@ -122,17 +119,16 @@ impl Helper {
     pub fn start_apply(
         &self,
         root: &Path,
-        overlay: Option<Overlay>,
+        onto: Onto,
         also_to: Option<&Path>,
-        parentless: bool,
         compression: Compression,
     ) -> Result<Started> {
         let op = Op::Apply {
             compression,
+            onto,
             also_to: also_to.map(Path::to_path_buf),
-            parentless,
         };
-        self.start(self.request(root, op, overlay), true)
+        self.start(self.request(root, op), true)
     }
 
     /// Copies the tree `sources` stands for (one directory, or the overlay of several, top
@@ -141,13 +137,12 @@ impl Helper {
         let op = Op::Copy {
             sources: sources.to_vec(),
         };
-        self.run(self.request(root, op, None), None).map(drop)
+        self.run(self.request(root, op), None).map(drop)
     }
 
     /// Empties `root` (whatever modes and owners its contents have).
     pub fn clear(&self, root: &Path) -> Result<()> {
-        self.run(self.request(root, Op::Clear, None), None)
-            .map(drop)
+        self.run(self.request(root, Op::Clear), None).map(drop)
     }
 
     /// Empties and removes `dir`; a missing `dir` is fine. An empty one needs no helper (so
@@ -165,11 +160,10 @@ impl Helper {
         std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
     }
 
-    fn request(&self, root: &Path, op: Op, overlay: Option<Overlay>) -> Request {
+    fn request(&self, root: &Path, op: Op) -> Request {
         Request {
             root: root.to_path_buf(),
             idmap: self.idmap,
-            overlay,
             op,
         }
     }

@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::protocol::{Applied, Compression, Overlay, Skipped};
+use crate::protocol::{Applied, Compression, Onto, Overlay, Skipped};
 use crate::sandbox::{Blob, Helper, IdMap};
 use crate::{at, tree};
 pub use images::ImageRecord;
@@ -247,9 +247,8 @@ impl Store {
                 .helper
                 .apply(
                     &merged,
-                    Some(overlay),
+                    Onto::Overlay(overlay),
                     None,
-                    false,
                     Compression::None,
                     &empty_layer,
                 )
@@ -385,11 +384,11 @@ impl Store {
                 };
                 let merged = active.merged();
                 self.helper
-                    .apply(&merged, Some(overlay), also_to, false, compression, blob)
+                    .apply(&merged, Onto::Overlay(overlay), also_to, compression, blob)
             }
             _ => self
                 .helper
-                .apply(&active.fs(), None, also_to, false, compression, blob),
+                .apply(&active.fs(), Onto::Plain, also_to, compression, blob),
         }
     }
 
@@ -413,7 +412,7 @@ impl Store {
             "only overlay snapshots can be parentless"
         );
         self.helper
-            .apply(&active.fs(), None, None, true, compression, blob)
+            .apply(&active.fs(), Onto::Parentless, None, compression, blob)
     }
 
     /// Publishes `active` under `info.chain_id`. A snapshot another run committed first wins:

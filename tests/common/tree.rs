@@ -341,6 +341,20 @@ fn read_sized(mut call: impl FnMut(*mut u8, usize) -> isize) -> io::Result<Vec<u
     }
 }
 
+/// `path` in `tree` is a regular file holding `contents`.
+#[track_caller]
+pub fn assert_file(tree: &Tree, path: &str, contents: &[u8]) {
+    let node = tree.node(path);
+    assert_eq!(node.kind, Kind::File, "{path} in {}", tree.root.display());
+    assert_eq!(
+        node.hash.as_deref(),
+        Some(super::sha256(contents).as_str()),
+        "contents of {path} in {}: expected {:?}",
+        tree.root.display(),
+        String::from_utf8_lossy(contents)
+    );
+}
+
 /// Decodes umoci's `user.rootlesscontainers` value, protobuf
 /// `Resource { uint32 uid = 1; uint32 gid = 2; }`: a missing field is 0 (proto3's default), and
 /// `0xFFFFFFFF` means "no change", given as `None`.
