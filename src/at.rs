@@ -9,7 +9,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
@@ -41,8 +41,36 @@ pub fn resolve_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
 }
 
 /// Like [`resolve_dir`], but only through real directories: a symlink on the way is ELOOP.
+///
+/// The kernel takes a path of less than 4,096 bytes; a tree reached through symlinks, whose
+/// names are each short, can be deeper than that. A longer path is opened a part at a time:
+/// through real directories alone, each part stays below the directory before it.
 pub fn resolve_real_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
-    open_dir_in_root(root, path, dir_in_root(ResolveFlag::RESOLVE_NO_SYMLINKS))
+    let how = dir_in_root(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let mut parts = parts_of(path).into_iter();
+    let first = parts.next().unwrap_or_default();
+    let mut dir = open_dir_in_root(root, &first, how)?;
+    for part in parts {
+        dir = open_dir_in_root(dir.as_fd(), &part, how)?;
+    }
+    Ok(dir)
+}
+
+/// Bytes of a path opened at once by [`resolve_real_dir`], at most (unless one name is
+/// longer, which no filesystem takes).
+const PART_BYTES: usize = 2048;
+
+/// `path` cut between names into parts of at most [`PART_BYTES`].
+fn parts_of(path: &Path) -> Vec<PathBuf> {
+    let mut parts = vec![PathBuf::new()];
+    for name in path.iter() {
+        let last = parts.last_mut().expect("never empty");
+        if !last.as_os_str().is_empty() && last.as_os_str().len() + 1 + name.len() > PART_BYTES {
+            parts.push(PathBuf::new());
+        }
+        parts.last_mut().expect("never empty").push(name);
+    }
+    parts
 }
 
 fn open_dir_in_root(root: BorrowedFd, path: &Path, how: OpenHow) -> Result<OwnedFd> {
@@ -73,6 +101,12 @@ fn open_dir_in_root(root: BorrowedFd, path: &Path, how: OpenHow) -> Result<Owned
 pub fn step_into(dir: BorrowedFd, name: &OsStr) -> Result<OwnedFd> {
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     Ok(openat(dir, name, flags, Mode::empty())?)
+}
+
+/// Opens the parent of `dir` for `*at` calls (`O_PATH`). Only for a directory below the root
+/// of a tree nobody else renames in.
+pub fn step_up(dir: BorrowedFd) -> Result<OwnedFd> {
+    step_into(dir, OsStr::new(".."))
 }
 
 /// `lstat` of `name` in `dir`; `None` when nothing is there.
@@ -117,6 +151,15 @@ pub fn open_subdir(dir: BorrowedFd, name: &OsStr) -> Result<OwnedFd> {
             Ok(openat(dir, name, flags, Mode::empty())?)
         }
         other => Ok(other?),
+    }
+}
+
+/// Opens the directory at `path` below `root` for reading, through real directories alone
+/// (see [`open_subdir`]). Any depth of tree costs two fds.
+pub fn open_real_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => open_subdir(resolve_real_dir(root, parent)?.as_fd(), name),
+        _ => open_subdir(root, OsStr::new(".")),
     }
 }
 
@@ -310,5 +353,26 @@ fn read_sized(call: impl Fn(*mut u8, usize) -> isize) -> Result<Vec<u8>> {
         if err.raw_os_error() != Some(libc::ERANGE) {
             return Err(err);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_paths_are_cut_between_names() {
+        assert_eq!(parts_of(Path::new("")), [PathBuf::new()]);
+        assert_eq!(parts_of(Path::new("a/b")), [PathBuf::from("a/b")]);
+        let long = "d/".repeat(3000);
+        let parts = parts_of(Path::new(&long));
+        assert!(
+            parts
+                .iter()
+                .all(|part| part.as_os_str().len() <= PART_BYTES)
+        );
+        let joined: PathBuf = parts.iter().collect();
+        assert_eq!(joined, Path::new(&long));
+        assert_eq!(parts.len(), 3);
     }
 }

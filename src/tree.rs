@@ -27,8 +27,8 @@ use crate::at;
 /// Threads copying at once: reading one tree and writing the other is mostly kernel work,
 /// which spreads over cores.
 const MAX_COPY_THREADS: usize = 4;
-/// Directories waiting for a thread, at most; beyond that a thread copies a subdirectory
-/// itself, so open fds stay bounded (each waiting directory holds two).
+/// Directories waiting for a thread, at most; beyond that a thread keeps a subdirectory for
+/// itself.
 const MAX_WAITING_DIRS: usize = 256;
 
 /// Copies everything inside `source` into the empty directory `dest`: contents (through
@@ -41,12 +41,10 @@ const MAX_WAITING_DIRS: usize = 256;
 /// copy), then directory modes and times, deepest first (creating children changes them).
 pub fn copy(source: BorrowedFd, dest: BorrowedFd) -> Result<()> {
     let queue = Queue {
+        source,
+        dest,
         state: Mutex::new(QueueState {
-            waiting: vec![DirTask {
-                from: source.try_clone_to_owned()?,
-                to: dest.try_clone_to_owned()?,
-                path: PathBuf::new(),
-            }],
+            waiting: vec![PathBuf::new()],
             busy: 0,
             failure: None,
         }),
@@ -77,20 +75,17 @@ pub fn clear(dir: BorrowedFd) -> Result<()> {
     at::clear(dir).context("removing the tree")
 }
 
-/// A directory whose contents are still to copy.
-struct DirTask {
-    from: OwnedFd,
-    to: OwnedFd,
-    path: PathBuf,
-}
-
-struct Queue {
+struct Queue<'a> {
+    source: BorrowedFd<'a>,
+    dest: BorrowedFd<'a>,
     state: Mutex<QueueState>,
     changed: Condvar,
 }
 
+/// Directories still to copy are kept by path, and opened when a thread takes one: a thread
+/// holds two fds at a time, whatever the tree's width or depth.
 struct QueueState {
-    waiting: Vec<DirTask>,
+    waiting: Vec<PathBuf>,
     /// Threads copying a directory, which may add more.
     busy: usize,
     failure: Option<anyhow::Error>,
@@ -107,13 +102,13 @@ struct Later {
 
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-impl Queue {
+impl Queue<'_> {
     /// A thread's loop: take a directory, copy it, until none is left and none is being
     /// copied (which could add more), or until a thread failed.
     fn work(&self) -> Later {
         let mut later = Later::default();
         while let Some(task) = self.next() {
-            let result = self.copy_dir(task, &mut later);
+            let result = self.copy_subtree(task, &mut later);
             let mut state = self
                 .state
                 .lock()
@@ -127,7 +122,7 @@ impl Queue {
         later
     }
 
-    fn next(&self) -> Option<DirTask> {
+    fn next(&self) -> Option<PathBuf> {
         let mut state = self
             .state
             .lock()
@@ -150,50 +145,66 @@ impl Queue {
         }
     }
 
-    /// Hands `task` to another thread, or returns it when enough are waiting.
-    fn offer(&self, task: DirTask) -> Option<DirTask> {
+    /// Hands the directory `path` to another thread, or returns it when enough are waiting.
+    fn offer(&self, path: PathBuf) -> Option<PathBuf> {
         let mut state = self
             .state
             .lock()
             .expect("no thread panics holding the lock");
         if state.waiting.len() >= MAX_WAITING_DIRS {
-            return Some(task);
+            return Some(path);
         }
-        state.waiting.push(task);
+        state.waiting.push(path);
         self.changed.notify_one();
         None
     }
 
-    fn copy_dir(&self, task: DirTask, later: &mut Later) -> Result<()> {
-        let (from, to) = (task.from.as_fd(), task.to.as_fd());
-        for name in at::list(from).with_context(|| format!("listing {}", shown(&task.path)))? {
-            let path = task.path.join(&name);
-            let subdir = (|| -> Result<Option<DirTask>> {
+    /// Copies the directory at `path`, and the subdirectories no other thread took.
+    fn copy_subtree(&self, path: PathBuf, later: &mut Later) -> Result<()> {
+        let mut kept = vec![path];
+        while let Some(path) = kept.pop() {
+            let (from, to) = (|| -> Result<_> {
+                let from = at::open_real_dir(self.source, &path)?;
+                Ok((from, at::open_real_dir(self.dest, &path)?))
+            })()
+            .with_context(|| format!("opening {}", shown(&path)))?;
+            self.copy_dir(from.as_fd(), to.as_fd(), &path, later, &mut kept)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the entries of the directory `path` (open as `from` and `to`): subdirectories
+    /// are made, and left to other threads, or to `kept`.
+    fn copy_dir(
+        &self,
+        from: BorrowedFd,
+        to: BorrowedFd,
+        path: &Path,
+        later: &mut Later,
+        kept: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        for name in at::list(from).with_context(|| format!("listing {}", shown(path)))? {
+            let path = path.join(&name);
+            let subdir = (|| -> Result<bool> {
                 let Some(st) = at::lstat(from, &name)? else {
-                    return Ok(None);
+                    return Ok(false);
                 };
                 if kind(&st) == SFlag::S_IFDIR {
                     mkdirat(to, name.as_os_str(), Mode::from_bits_truncate(0o700))?;
-                    let subdir = DirTask {
-                        from: at::open_subdir(from, &name)?,
-                        to: at::open_subdir(to, &name)?,
-                        path: path.clone(),
-                    };
-                    later
-                        .dirs
-                        .push((path.clone(), st, at::xattrs(subdir.from.as_fd())?));
-                    return Ok(Some(subdir));
+                    let xattrs = at::xattrs(at::open_subdir(from, &name)?.as_fd())?;
+                    later.dirs.push((path.clone(), st, xattrs));
+                    return Ok(true);
                 }
                 if st.st_nlink > 1 {
                     later.linked.push((path.clone(), st));
                 } else {
                     copy_leaf(from, to, &name, &st)?;
                 }
-                Ok(None)
+                Ok(false)
             })()
             .with_context(|| format!("copying {}", path.display()))?;
-            if let Some(task) = subdir.and_then(|task| self.offer(task)) {
-                self.copy_dir(task, later)?;
+            if subdir && let Some(path) = self.offer(path) {
+                kept.push(path);
             }
         }
         Ok(())
@@ -212,13 +223,13 @@ fn copy_linked(
     for (path, st) in linked {
         (|| -> Result<()> {
             let (parent, name) = split(&path);
-            let to = at::resolve_dir(dest, parent)?;
+            let to = at::resolve_real_dir(dest, parent)?;
             match first_copies.get(&(st.st_dev, st.st_ino)) {
                 Some(first) => {
                     linkat(dest, first.as_path(), to.as_fd(), name, AtFlags::empty())?;
                 }
                 None => {
-                    let from = at::resolve_dir(source, parent)?;
+                    let from = at::resolve_real_dir(source, parent)?;
                     copy_leaf(from.as_fd(), to.as_fd(), name, &st)?;
                     first_copies.insert((st.st_dev, st.st_ino), path.clone());
                 }
@@ -236,7 +247,7 @@ fn finish_dirs(dest: BorrowedFd, mut dirs: Vec<(PathBuf, FileStat, Xattrs)>) -> 
     for (path, st, xattrs) in dirs {
         (|| -> Result<()> {
             let (parent, name) = split(&path);
-            let dir = at::open_subdir(at::resolve_dir(dest, parent)?.as_fd(), name)?;
+            let dir = at::open_subdir(at::resolve_real_dir(dest, parent)?.as_fd(), name)?;
             finish_fd(dir.as_fd(), &st, xattrs, true)
         })()
         .with_context(|| format!("copying {}", path.display()))?;

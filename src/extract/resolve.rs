@@ -59,15 +59,32 @@ pub enum Walked {
     Missing(PathBuf),
 }
 
-/// Symlinks' resolutions: canonical path of the link → (canonical directory it leads to,
-/// symlinks followed on the way). Valid until a directory or symlink is removed.
+/// Where the symlinks met so far lead, by canonical path of the link. What a walk found
+/// through existing names stays true until a directory or symlink is removed (the applier then
+/// forgets it all): made names appear only where a name was missing, which is checked again.
 #[derive(Default)]
-pub struct Symlinks(HashMap<PathBuf, (PathBuf, u32), foldhash::fast::RandomState>);
+pub struct Symlinks(HashMap<PathBuf, Known, foldhash::fast::RandomState>);
+
+/// Where a symlink leads, and how many symlinks further on the way.
+enum Known {
+    Dir(PathBuf, u32),
+    /// To a name missing then.
+    Missing(PathBuf, u32),
+    /// Through more symlinks than the limit, however it is reached.
+    Loop,
+}
 
 impl Symlinks {
     /// Forgets every resolution: something they may go through is gone.
     pub fn forget(&mut self) {
         self.0.clear();
+    }
+
+    fn remember(&mut self, link: PathBuf, known: Known) {
+        if self.0.len() >= REMEMBERED {
+            self.forget();
+        }
+        self.0.insert(link, known);
     }
 }
 
@@ -117,36 +134,64 @@ fn walk(
             Node::Missing => return Ok(Walked::Missing(next)),
             Node::Symlink(target) => {
                 *followed += 1;
-                if *followed > MAX_SYMLINKS {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                within_limit(*followed)?;
+                match follow(tree, symlinks, next, &target, at, missing, followed)? {
+                    Walked::Dir(dir) => at = dir,
+                    missing => return Ok(missing),
                 }
-                let dir = match symlinks.0.get(&next) {
-                    Some((dir, inner)) => {
-                        *followed += inner;
-                        if *followed > MAX_SYMLINKS {
-                            return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                        }
-                        dir.clone()
-                    }
-                    None => {
-                        let before = *followed;
-                        let dir =
-                            match walk(tree, symlinks, at.clone(), &target, missing, followed)? {
-                                Walked::Dir(dir) => dir,
-                                missing => return Ok(missing),
-                            };
-                        if symlinks.0.len() >= REMEMBERED {
-                            symlinks.forget();
-                        }
-                        symlinks.0.insert(next, (dir.clone(), *followed - before));
-                        dir
-                    }
-                };
-                at = dir;
             }
         }
     }
     Ok(Walked::Dir(at))
+}
+
+/// Where the symlink `link` in the canonical directory `from`, pointing at `target`, leads:
+/// as remembered, else walked and remembered.
+fn follow(
+    tree: &mut impl Lookup,
+    symlinks: &mut Symlinks,
+    link: PathBuf,
+    target: &Path,
+    from: PathBuf,
+    missing: Missing,
+    followed: &mut u32,
+) -> io::Result<Walked> {
+    match symlinks.0.get(&link) {
+        Some(Known::Dir(dir, inner)) => {
+            *followed += inner;
+            within_limit(*followed)?;
+            return Ok(Walked::Dir(dir.clone()));
+        }
+        Some(Known::Loop) => return Err(io::Error::from_raw_os_error(libc::ELOOP)),
+        // Where names are made, the walk goes on to make them.
+        Some(Known::Missing(name, inner)) if missing == Missing::Stop => {
+            let (name, inner) = (name.clone(), *inner);
+            if tree.node(&name)? == Node::Missing {
+                *followed += inner;
+                within_limit(*followed)?;
+                return Ok(Walked::Missing(name));
+            }
+        }
+        Some(Known::Missing(..)) | None => {}
+    }
+    let before = *followed;
+    let walked = walk(tree, symlinks, from, target, missing, followed);
+    let known = match &walked {
+        Ok(Walked::Dir(dir)) => Known::Dir(dir.clone(), *followed - before),
+        Ok(Walked::Missing(name)) => Known::Missing(name.clone(), *followed - before),
+        // Over the limit from the first symlink of a walk: from any.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) && before == 1 => Known::Loop,
+        Err(_) => return walked,
+    };
+    symlinks.remember(link, known);
+    walked
+}
+
+fn within_limit(followed: u32) -> io::Result<()> {
+    if followed > MAX_SYMLINKS {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -266,6 +311,41 @@ mod tests {
         assert_eq!(resolve(&spec, "l1", Missing::Stop), dir("d"));
         assert_eq!(resolve(&spec, "l0", Missing::Stop), Err(libc::ELOOP));
         assert_eq!(resolve(&spec, "m", Missing::Stop), Err(libc::ELOOP));
+    }
+
+    #[test]
+    fn a_dangling_or_looping_symlink_is_walked_once_until_its_name_appears() {
+        let mut spec = vec!["a/".to_string()];
+        for i in 0..30 {
+            spec.push(format!("c{i}>a/../a/../a/../c{}", i + 1));
+        }
+        spec.push("c30>a/gone".into());
+        spec.push("loop>loop".into());
+        let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
+        let mut tree = Fake::new(&spec);
+        let mut symlinks = Symlinks::default();
+        let stop = Missing::Stop;
+        let path = Path::new("c0/x");
+        let walked = canonical(&mut tree, &mut symlinks, path, stop).unwrap();
+        assert_eq!(walked, Walked::Missing("a/gone".into()));
+        let cold = tree.lookups;
+        for _ in 0..100 {
+            canonical(&mut tree, &mut symlinks, path, stop).unwrap();
+        }
+        // The name, and whether the missing one is still missing.
+        assert_eq!(tree.lookups, cold + 200);
+        tree.nodes.insert("a/gone".into(), Node::Dir);
+        let walked = canonical(&mut tree, &mut symlinks, path, stop).unwrap();
+        assert_eq!(walked, Walked::Missing("a/gone/x".into()));
+
+        let looping = Path::new("loop");
+        let err = canonical(&mut tree, &mut symlinks, looping, stop).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        let cold = tree.lookups;
+        for _ in 0..100 {
+            canonical(&mut tree, &mut symlinks, looping, stop).unwrap_err();
+        }
+        assert_eq!(tree.lookups, cold + 100);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use nix::unistd::linkat;
 
 use super::super::path::shown;
 use super::super::resolve::Missing;
+use super::dir_fixes::Maker;
 use super::parentless::needs_lowers;
 use super::{Applier, Located};
 use crate::at;
@@ -39,7 +40,7 @@ impl Applier<'_> {
         let parentless = self.tree.is_parentless();
         let (target_parent, target_dir) = match self.locate(target_parent, Missing::Stop) {
             Ok(Located::Dir { path, fd }) => (path, fd),
-            Ok(Located::Missing) if parentless => return Err(from_below(target)),
+            Ok(Located::Missing) | Err(_) if parentless => return Err(from_below(target)),
             Ok(Located::Missing) => bail!(missing()),
             Err(err) => return Err(err.context(missing())),
         };
@@ -110,7 +111,7 @@ impl Applier<'_> {
                 _ => continue,
             }
             // Relinking touches a directory the layer may not name: its times are kept.
-            self.dir_fixes.changing(parent, dir.as_fd())?;
+            self.dir_fixes.changing(parent, dir.as_fd(), Maker::Other)?;
             at::remove_all(dir.as_fd(), name)?;
             linkat(
                 target_dir.as_fd(),
@@ -134,9 +135,7 @@ impl Applier<'_> {
         };
         if !self.link_groups.contains_key(&layer) {
             let dir = layer.map_or(self.tree.root(), |index| self.tree.lowers()[index]);
-            let mut groups = HashMap::new();
-            find_link_groups(dir, Path::new(""), &mut groups)?;
-            self.link_groups.insert(layer, groups);
+            self.link_groups.insert(layer, find_link_groups(dir)?);
         }
         Ok(self.link_groups[&layer]
             .get(&key)
@@ -167,21 +166,27 @@ impl Applier<'_> {
     }
 }
 
-/// Every multiply-linked non-directory below `dir` (at `path`), grouped by inode.
-fn find_link_groups(dir: BorrowedFd, path: &Path, groups: &mut LinkGroups) -> Result<()> {
-    for name in at::list(dir)? {
-        let Some(st) = at::lstat(dir, &name)? else {
-            continue;
-        };
-        let child = path.join(&name);
-        if at::is_dir(&st) {
-            find_link_groups(at::open_subdir(dir, &name)?.as_fd(), &child, groups)?;
-        } else if st.st_nlink > 1 {
-            groups
-                .entry((st.st_dev, st.st_ino))
-                .or_default()
-                .push(child);
+/// Every multiply-linked non-directory in the tree at `root`, grouped by inode. Directories
+/// are opened one at a time, by path: any depth costs two fds.
+fn find_link_groups(root: BorrowedFd) -> Result<LinkGroups> {
+    let mut groups = LinkGroups::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(path) = dirs.pop() {
+        let dir = at::open_real_dir(root, &path)?;
+        for name in at::list(dir.as_fd())? {
+            let Some(st) = at::lstat(dir.as_fd(), &name)? else {
+                continue;
+            };
+            let child = path.join(&name);
+            if at::is_dir(&st) {
+                dirs.push(child);
+            } else if st.st_nlink > 1 {
+                groups
+                    .entry((st.st_dev, st.st_ino))
+                    .or_default()
+                    .push(child);
+            }
         }
     }
-    Ok(())
+    Ok(groups)
 }

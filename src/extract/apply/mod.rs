@@ -42,7 +42,7 @@ use super::skipped::SkippedList;
 use super::writers::{Buffers, SMALL_FILE, Writers};
 use crate::at;
 use crate::protocol::Skipped;
-use dir_fixes::DirFixes;
+use dir_fixes::{DirFixes, Maker};
 use links::LinkGroups;
 use meta::{Meta, ModeBits, XattrKind};
 use parentless::{mark_opaque, needs_lowers};
@@ -57,6 +57,9 @@ struct ParentDir {
     /// Through an overlay: the same directory in the upper layer, once opened.
     upper: Option<Arc<OwnedFd>>,
 }
+
+/// Files out with the writers between waits, at most.
+const HANDED_OUT_AT_MOST: usize = 1 << 16;
 
 /// A walk met a file still out with the writers: the applier waits for them and walks again.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +90,7 @@ pub struct Applier<'a> {
     /// Directories this layer created (rather than merged into): nothing of lower layers is
     /// in them.
     fresh_dirs: PathSet,
-    dir_fixes: DirFixes,
+    dir_fixes: DirFixes<'a>,
     /// The last entry's parent directory, for the next entry with the same parent.
     parent_cache: Option<ParentDir>,
     /// Where the symlinks met so far lead.
@@ -115,7 +118,7 @@ impl<'a> Applier<'a> {
             mapped_ids,
             upper: UpperPaths::default(),
             fresh_dirs: PathSet::default(),
-            dir_fixes: DirFixes::default(),
+            dir_fixes: DirFixes::new(tree.root()),
             parent_cache: None,
             symlinks: Symlinks::default(),
             overlay_seen: PathSet::default(),
@@ -132,6 +135,10 @@ impl<'a> Applier<'a> {
         // Go yields global PAX headers as entries; the engines apply them to nothing.
         if header.kind == Kind::GlobalPax {
             return Ok(());
+        }
+        if self.dir_fixes.full() {
+            self.wait_for_writers()?;
+            self.dir_fixes.settle()?;
         }
         let path = normalize(&header.name)?;
         match classify(&path)? {
@@ -152,7 +159,7 @@ impl<'a> Applier<'a> {
     pub fn finish(mut self) -> Result<(Vec<Skipped>, u64)> {
         self.handed_out.clear();
         self.skipped.append(self.writers.finish()?);
-        self.dir_fixes.apply(self.tree.root())?;
+        self.dir_fixes.apply()?;
         Ok(self.skipped.finish())
     }
 
@@ -229,10 +236,8 @@ impl<'a> Applier<'a> {
             }
             _ => parent_fd,
         };
-        // A directory the layer made gets the times its entry names.
-        if !parent_made {
-            self.dir_fixes.changing(&parent_path, fd.as_fd())?;
-        }
+        let maker = Maker::of(parent_made);
+        self.dir_fixes.changing(&parent_path, fd.as_fd(), maker)?;
         let parent = fd.as_fd();
         match kind {
             Kind::Link => {
@@ -295,11 +300,15 @@ impl<'a> Applier<'a> {
         } else {
             Missing::Make
         };
+        // A parentless layer that cannot find its own way leaves it to the layers below:
+        // with them, the way may be there, or fail as it should.
+        let parentless = self.tree.is_parentless();
         let (path, fd) = match self.locate(spelled, missing) {
             Ok(Located::Dir { path, fd }) => (path, fd),
-            Ok(Located::Missing) => {
+            Ok(Located::Missing) | Err(_) if parentless => {
                 return Err(needs_lowers(spelled, "is not a directory this layer makes"));
             }
+            Ok(Located::Missing) => unreachable!("missing directories are made"),
             Err(err) => {
                 return Err(err.context(format!("resolving parent directory {}", shown(spelled))));
             }
@@ -398,7 +407,9 @@ impl<'a> Applier<'a> {
         if self.fresh_dirs.contains(parent_path) && !self.upper.contains(path) {
             return Ok(());
         }
-        self.fresh_dirs.remove_tree(path);
+        // A directory removed here stays among the made ones, and so do those below it: a
+        // path that leads to a directory again leads to one this layer made again (what it
+        // removed cannot come back, nor can a lower directory take its place).
         let name = path
             .file_name()
             .expect("entries below the root have a name");
@@ -459,7 +470,12 @@ impl<'a> Applier<'a> {
             created.context(entry_name)
         };
         self.handed_out.insert(path);
-        self.writers.submit(self.entry, Box::new(job))
+        self.writers.submit(self.entry, Box::new(job))?;
+        // Memory stays bounded on a layer of millions of files that never has to wait.
+        if self.handed_out.count() >= HANDED_OUT_AT_MOST {
+            self.wait_for_writers()?;
+        }
+        Ok(())
     }
 
     /// Makes the directory at the canonical `path` (named in `parent`), or merges into the
@@ -536,15 +552,15 @@ impl<'a> Applier<'a> {
         let parentless = self.tree.is_parentless();
         let (parent, fd) = match self.locate(spelled_parent, Missing::Stop) {
             Ok(Located::Dir { path, fd }) => (path, fd),
-            // Nothing there to remove.
-            Ok(Located::Missing) if !parentless => return Ok(()),
-            Err(err) if !parentless && is_errno(&err, libc::ENOTDIR) => return Ok(()),
-            Ok(Located::Missing) => {
+            Ok(Located::Missing) | Err(_) if parentless => {
                 return Err(needs_lowers(
                     spelled_parent,
                     "holds a whiteout but is not made by this layer",
                 ));
             }
+            // Nothing there to remove.
+            Ok(Located::Missing) => return Ok(()),
+            Err(err) if is_errno(&err, libc::ENOTDIR) => return Ok(()),
             Err(err) => {
                 return Err(err.context(format!("resolving {}", shown(spelled_parent))));
             }
@@ -553,7 +569,8 @@ impl<'a> Applier<'a> {
             return self.record_whiteout(&parent, fd.as_fd(), name);
         }
         self.overlay_looked_in(&parent);
-        self.dir_fixes.changing(&parent, fd.as_fd())?;
+        let maker = Maker::of(self.fresh_dirs.contains(&parent));
+        self.dir_fixes.changing(&parent, fd.as_fd(), maker)?;
         self.remove_lower(fd.as_fd(), name, &parent.join(name))
     }
 
@@ -563,21 +580,22 @@ impl<'a> Applier<'a> {
             self.wait_for_writers()?;
         }
         let parentless = self.tree.is_parentless();
-        let not_a_dir = |err: &anyhow::Error| is_errno(err, libc::ENOTDIR);
         let (dir, fd) = match self.locate(spelled, Missing::Stop) {
             Ok(Located::Dir { path, fd }) => (path, fd),
+            Ok(Located::Missing) | Err(_) if parentless => {
+                return Err(needs_lowers(spelled, OPAQUE_NOT_MADE));
+            }
             // Nothing there to hide.
-            Ok(Located::Missing) if !parentless => return Ok(()),
-            Err(err) if !parentless && not_a_dir(&err) => return Ok(()),
-            Ok(Located::Missing) => return Err(needs_lowers(spelled, OPAQUE_NOT_MADE)),
-            Err(err) if not_a_dir(&err) => return Err(needs_lowers(spelled, OPAQUE_NOT_MADE)),
+            Ok(Located::Missing) => return Ok(()),
+            Err(err) if is_errno(&err, libc::ENOTDIR) => return Ok(()),
             Err(err) => return Err(err.context(format!("resolving {}", shown(spelled)))),
         };
         if parentless {
             return self.record_opaque(&dir, fd.as_fd());
         }
         self.overlay_looked_in(&dir);
-        self.dir_fixes.changing(&dir, fd.as_fd())?;
+        let maker = Maker::of(self.fresh_dirs.contains(&dir));
+        self.dir_fixes.changing(&dir, fd.as_fd(), maker)?;
         for child in at::list(fd.as_fd())? {
             self.remove_lower(fd.as_fd(), &child, &dir.join(&child))?;
         }
@@ -594,6 +612,8 @@ impl<'a> Applier<'a> {
         if self.upper.contains(path) {
             if at::is_dir(&st) {
                 let dir = at::open_subdir(parent, name)?;
+                let maker = Maker::of(self.fresh_dirs.contains(path));
+                self.dir_fixes.changing(path, dir.as_fd(), maker)?;
                 for child in at::list(dir.as_fd())? {
                     self.remove_lower(dir.as_fd(), &child, &path.join(&child))?;
                 }
@@ -616,25 +636,26 @@ struct TreeLookup<'l, 'a> {
     handed_out: &'l PathSet,
     upper: &'l mut UpperPaths,
     fresh_dirs: &'l mut PathSet,
-    dir_fixes: &'l mut DirFixes,
+    dir_fixes: &'l mut DirFixes<'a>,
     /// The directory last looked in: a walk mostly goes down one name at a time.
     dir: Option<(PathBuf, OwnedFd)>,
 }
 
 impl TreeLookup<'_, '_> {
     /// The directory at the canonical `path`.
+    /// One step down or up from the directory last looked in costs one `openat`, however deep
+    /// it is (`..` of a directory below the root, in a tree only this thread changes the
+    /// directories of, is its parent).
     fn open(&mut self, path: &Path) -> std::io::Result<BorrowedFd<'_>> {
-        let cached = self.dir.as_ref().map(|(cached, _)| cached.as_path());
-        if cached != Some(path) {
-            let fd = match (&self.dir, path.parent(), path.file_name()) {
-                (Some((cached, fd)), Some(parent), Some(name)) if cached == parent => {
-                    at::step_into(fd.as_fd(), name)?
-                }
-                _ => at::resolve_real_dir(self.root, path)?,
-            };
-            self.dir = Some((path.to_path_buf(), fd));
-        }
-        Ok(self.dir.as_ref().expect("just opened").1.as_fd())
+        let fd = match self.dir.take() {
+            Some((cached, fd)) if cached == path => fd,
+            Some((cached, fd)) if path.parent() == Some(&cached) => {
+                at::step_into(fd.as_fd(), path.file_name().unwrap_or_default())?
+            }
+            Some((cached, fd)) if cached.parent() == Some(path) => at::step_up(fd.as_fd())?,
+            _ => at::resolve_real_dir(self.root, path)?,
+        };
+        Ok(self.dir.insert((path.to_path_buf(), fd)).1.as_fd())
     }
 }
 
@@ -655,15 +676,13 @@ impl Lookup for TreeLookup<'_, '_> {
     }
 
     /// Made as `mkdir -p` makes it (mode 0755, owned by the namespace's root); the directory
-    /// it is made in keeps its times, unless the layer made it too.
+    /// it is made in keeps its times (see [`DirFixes::changing`]).
     fn make_dir(&mut self, path: &Path) -> std::io::Result<()> {
         let parent = path.parent().unwrap_or(Path::new(""));
         let name = path.file_name().expect("the root is not made");
-        let made_parent = self.fresh_dirs.contains(parent);
+        let maker = Maker::of(self.fresh_dirs.contains(parent));
         let dir = self.open(parent)?.try_clone_to_owned()?;
-        if !made_parent {
-            self.dir_fixes.changing(parent, dir.as_fd())?;
-        }
+        self.dir_fixes.changing(parent, dir.as_fd(), maker)?;
         mkdirat(&dir, name, Mode::from_bits_truncate(0o755))?;
         self.fresh_dirs.insert(path);
         self.upper.insert(path);
