@@ -22,8 +22,8 @@ use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::unistd::{Pid, chdir, getgid, getppid, getuid, pivot_root, setgroups};
-use strata::protocol::{MAPS_READY, MAPS_WANTED};
-use strata::sandbox::IdMap;
+use strata_protocol::IdMap;
+use strata_protocol::{MAPS_READY, MAPS_WANTED};
 
 /// The newest Landlock ABI this code was tested against; older kernels get what they support.
 const LANDLOCK_ABI: ABI = ABI::V6;

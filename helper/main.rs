@@ -5,19 +5,20 @@
 //! down, does the one job asked (apply the layer on stdin, copy a tree, or clear one), and writes
 //! one JSON line. It never execs, loads libraries or looks up names after the pivot.
 
+mod at;
 mod confine;
+mod extract;
+mod tree;
 
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use nix::unistd::getppid;
-use strata::extract::NeedsLowers;
-use strata::protocol::{CONTROL_FD, Onto, Op, RESULT_FD, Reply, Request};
-use strata::{extract, tree};
+use strata_protocol::{CONTROL_FD, Compression, NeedsLowers, Onto, Op, RESULT_FD, Reply, Request};
 
 fn main() -> ExitCode {
     let (Some(mut results), Some(control)) = (adopt_fd(RESULT_FD), adopt_fd(CONTROL_FD)) else {
@@ -65,6 +66,8 @@ fn adopt_fd(fd: i32) -> Option<File> {
     unsafe { (libc::fcntl(fd, libc::F_GETFD) >= 0).then(|| File::from_raw_fd(fd)) }
 }
 
+/// In three phases: the namespaces, and what the job needs outside the root, opened before
+/// the pivot hides it; the pivot and lockdown; the job.
 fn run(results: &mut File, control: File) -> Result<Reply> {
     let parent = getppid();
     let request = std::env::args().nth(1).context("no request argument")?;
@@ -74,93 +77,155 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
     confine::close_fds_from(CONTROL_FD + 1)?;
     confine::enter_user_namespace(&request.idmap, results, control)?;
     confine::make_mounts_private()?;
-    let overlay = match &request.op {
-        Op::Apply {
-            onto: Onto::Overlay(overlay),
-            ..
-        } => Some(overlay),
-        _ => None,
-    };
-    if let Some(overlay) = overlay {
-        let upper = Some((overlay.upper.as_path(), overlay.work.as_path()));
-        confine::mount_overlay(&request.root, &overlay.lowers, upper)?;
-    }
-    // Trees outside the root are opened before the pivot hides them: the source of a copy
-    // and the overlay's lower layers, which Landlock lets the helper read; a second tree to
-    // apply to, and the overlay's upper directory, which it may write.
-    let open =
-        |dir: &Path| tree::open_dir(dir).with_context(|| format!("opening {}", dir.display()));
-    let (overlay_upper, overlay_lowers) = match overlay {
-        Some(overlay) => (
-            Some(open(&overlay.upper)?),
-            overlay
-                .lowers
-                .iter()
-                .map(|dir| open(dir))
-                .collect::<Result<Vec<_>>>()?,
-        ),
-        None => (None, Vec::new()),
-    };
-    let (source, second_root) = match &request.op {
-        Op::Copy { sources } => (Some(open_source(sources)?), None),
-        Op::Apply {
-            also_to: Some(dir), ..
-        } => (None, Some(open(dir)?)),
-        _ => (None, None),
-    };
+    let job = Job::open(&request)?;
+
     confine::pivot_into(&request.root)?;
-    let writable: Vec<_> = [&second_root, &overlay_upper]
-        .into_iter()
-        .flatten()
-        .map(|fd| fd.as_fd())
-        .collect();
-    let readable: Vec<_> = source
-        .iter()
-        .chain(&overlay_lowers)
-        .map(|fd| fd.as_fd())
-        .collect();
-    confine::lock_down(&readable, &writable, parent)?;
+    confine::lock_down(&job.readable(), &job.writable(), parent)?;
     let root = tree::open_dir(Path::new("/")).context("opening the new root")?;
 
-    match request.op {
-        Op::Apply {
-            compression, onto, ..
-        } => {
-            // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads stdin.
-            let stdin = unsafe { File::from_raw_fd(0) };
-            // Small reads: the kernel copies each into a buffer still in the CPU's cache.
-            // Reading 200 MB through a 1 MiB buffer took four times the CPU (measured).
-            let input = BufReader::with_capacity(64 * 1024, stdin);
-            let lowers: Vec<_> = overlay_lowers.iter().map(|fd| fd.as_fd()).collect();
-            // The overlay's upper directory is open exactly when the layer goes onto one.
-            let main = match (&overlay_upper, onto) {
-                (Some(upper), _) => extract::Tree::Overlay {
-                    merged: root.as_fd(),
-                    upper: upper.as_fd(),
-                    lowers: &lowers,
-                },
-                (None, Onto::Parentless) => extract::Tree::Parentless(root.as_fd()),
-                (None, _) => extract::Tree::Plain(root.as_fd()),
-            };
-            let trees: Vec<_> = std::iter::once(main)
-                .chain(
-                    second_root
-                        .as_ref()
-                        .map(|fd| extract::Tree::Plain(fd.as_fd())),
-                )
-                .collect();
-            let applied =
-                extract::apply_layer(input, compression, &trees, request.idmap.mapped_ids())?;
-            Ok(Reply::Applied(applied))
+    job.run(root.as_fd(), request.idmap.mapped_ids())
+}
+
+/// The job asked, with the trees outside the root it needs, open.
+enum Job {
+    Apply {
+        compression: Compression,
+        onto: OpenOnto,
+        /// A second tree to write, which Landlock lets the helper write.
+        also_to: Option<OwnedFd>,
+    },
+    Copy {
+        /// Which Landlock lets the helper read.
+        source: OwnedFd,
+    },
+    Clear,
+}
+
+/// Where a layer goes, with the overlay's directories open.
+enum OpenOnto {
+    Plain,
+    Parentless,
+    /// Mounted at the root; Landlock lets the helper write `upper` and read `lowers`.
+    Overlay {
+        upper: OwnedFd,
+        lowers: Vec<OwnedFd>,
+    },
+}
+
+impl Job {
+    /// Mounts the overlay a layer goes onto, and opens the trees the job needs outside the
+    /// root, before the pivot hides them.
+    fn open(request: &Request) -> Result<Job> {
+        let open =
+            |dir: &Path| tree::open_dir(dir).with_context(|| format!("opening {}", dir.display()));
+        Ok(match &request.op {
+            Op::Apply {
+                compression,
+                onto,
+                also_to,
+            } => {
+                let onto = match onto {
+                    Onto::Plain => OpenOnto::Plain,
+                    Onto::Parentless => OpenOnto::Parentless,
+                    Onto::Overlay(overlay) => {
+                        let upper = Some((overlay.upper.as_path(), overlay.work.as_path()));
+                        confine::mount_overlay(&request.root, &overlay.lowers, upper)?;
+                        OpenOnto::Overlay {
+                            upper: open(&overlay.upper)?,
+                            lowers: overlay
+                                .lowers
+                                .iter()
+                                .map(|dir| open(dir))
+                                .collect::<Result<_>>()?,
+                        }
+                    }
+                };
+                let also_to = also_to.as_deref().map(open).transpose()?;
+                Job::Apply {
+                    compression: *compression,
+                    onto,
+                    also_to,
+                }
+            }
+            Op::Copy { sources } => Job::Copy {
+                source: open_source(sources)?,
+            },
+            Op::Clear => Job::Clear,
+        })
+    }
+
+    /// What the job reads outside the root.
+    fn readable(&self) -> Vec<BorrowedFd<'_>> {
+        match self {
+            Job::Apply {
+                onto: OpenOnto::Overlay { lowers, .. },
+                ..
+            } => lowers.iter().map(|fd| fd.as_fd()).collect(),
+            Job::Copy { source } => vec![source.as_fd()],
+            _ => Vec::new(),
         }
-        Op::Copy { .. } => {
-            let source = source.expect("opened above for Op::Copy");
-            tree::copy(source.as_fd(), root.as_fd())?;
-            Ok(Reply::Done { done: true })
+    }
+
+    /// What the job writes outside the root.
+    fn writable(&self) -> Vec<BorrowedFd<'_>> {
+        match self {
+            Job::Apply { onto, also_to, .. } => {
+                let upper = match onto {
+                    OpenOnto::Overlay { upper, .. } => Some(upper),
+                    _ => None,
+                };
+                upper
+                    .into_iter()
+                    .chain(also_to)
+                    .map(|fd| fd.as_fd())
+                    .collect()
+            }
+            _ => Vec::new(),
         }
-        Op::Clear => {
-            tree::clear(root.as_fd())?;
-            Ok(Reply::Done { done: true })
+    }
+
+    /// Does the job in the tree at `root`; `mapped_ids` is how many ids the namespace maps.
+    fn run(self, root: BorrowedFd, mapped_ids: u64) -> Result<Reply> {
+        match self {
+            Job::Apply {
+                compression,
+                onto,
+                also_to,
+            } => {
+                // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads it.
+                let stdin = unsafe { File::from_raw_fd(0) };
+                // Small reads: the kernel copies each into a buffer still in the CPU's cache.
+                // Reading 200 MB through a 1 MiB buffer took four times the CPU (measured).
+                let input = BufReader::with_capacity(64 * 1024, stdin);
+                let lowers: Vec<_> = match &onto {
+                    OpenOnto::Overlay { lowers, .. } => {
+                        lowers.iter().map(|fd| fd.as_fd()).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let main = match &onto {
+                    OpenOnto::Plain => extract::Tree::Plain(root),
+                    OpenOnto::Parentless => extract::Tree::Parentless(root),
+                    OpenOnto::Overlay { upper, .. } => extract::Tree::Overlay {
+                        merged: root,
+                        upper: upper.as_fd(),
+                        lowers: &lowers,
+                    },
+                };
+                let trees: Vec<_> = std::iter::once(main)
+                    .chain(also_to.as_ref().map(|fd| extract::Tree::Plain(fd.as_fd())))
+                    .collect();
+                let applied = extract::apply_layer(input, compression, &trees, mapped_ids)?;
+                Ok(Reply::Applied(applied))
+            }
+            Job::Copy { source } => {
+                tree::copy(source.as_fd(), root)?;
+                Ok(Reply::Done { done: true })
+            }
+            Job::Clear => {
+                tree::clear(root)?;
+                Ok(Reply::Done { done: true })
+            }
         }
     }
 }

@@ -1,21 +1,20 @@
 //! strata: turn an OCI image into a root filesystem without root, every layer extracted by a
 //! sandboxed helper.
 //!
-//! The parent side (this library, driven by the `strata` CLI) resolves the image
+//! This library is the parent side, driven by the `strata` CLI: it resolves the image
 //! ([`image`]), plans by chain ID ([`plan`]), keeps snapshots ([`store`]) and runs the helper
-//! ([`sandbox`]); the helper side applies layers ([`extract`]) and copies trees ([`tree`]),
-//! both through fd-relative calls ([`at`]). [`protocol`] is what the two say to each other.
+//! ([`sandbox`]). It never touches a layer's contents: that is the helper's, a crate of its
+//! own (`helper/`) that this one cannot call. [`protocol`] is what the two say to each other.
 
-pub mod at;
+#![deny(missing_docs)]
+
 mod dest;
 pub mod digest;
-pub mod extract;
 pub mod image;
 pub mod plan;
-pub mod protocol;
+pub use strata_protocol as protocol;
 pub mod sandbox;
 pub mod store;
-pub mod tree;
 mod unpack;
 pub mod upkeep;
 

@@ -2,6 +2,7 @@
 
 use crate::digest::{Digest, chain_ids};
 
+/// What an unpack finds in the store, and so must extract.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Chain ID of each layer's snapshot, bottom first.

@@ -14,23 +14,27 @@ use serde::Serialize;
 
 use crate::dest::Staging;
 use crate::digest::Digest;
-use crate::extract::NeedsLowers;
 use crate::image::{self, Image, ImageRef, Layer, Platform};
 use crate::plan::{Plan, plan};
+use crate::protocol::NeedsLowers;
 use crate::protocol::{Applied, Compression, Onto, Skipped};
 use crate::sandbox::{Blob, Helper, IdMap, IdMapMode};
 use crate::store::{Active, ImageRecord, SnapshotInfo, SnapshotterMode, Store, after_cleanup, now};
 
+/// What `strata unpack` is asked.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// `PATH`, `PATH:TAG`, `PATH@sha256:…` or `oci:PATH[:TAG]`.
     pub image: String,
+    /// The root filesystem to make: missing, or an empty directory.
     pub dest: PathBuf,
     /// The snapshot store, or `None` to apply every layer straight into DEST.
     pub store: Option<PathBuf>,
     /// `os/arch[/variant]`; the host's platform when `None`.
     pub platform: Option<String>,
+    /// Which ids the helper's namespaces map.
     pub idmap: IdMapMode,
+    /// How a new store keeps snapshots.
     pub snapshotter: SnapshotterMode,
     /// Missing layers a store extracts at once (see [`extract_side_by_side`]); 1: in order,
     /// each filling DEST in the same pass.
@@ -40,17 +44,24 @@ pub struct Options {
 /// What `strata unpack --json` prints.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The image's manifest digest.
     pub manifest: Digest,
     /// The top layer's chain ID (`None` for an image without layers).
     pub chain_id: Option<Digest>,
+    /// DEST, made absolute.
     pub rootfs: PathBuf,
+    /// Each layer's account, bottom first.
     pub layers: Vec<LayerReport>,
 }
 
+/// One layer's account in a [`Report`].
 #[derive(Debug, Serialize)]
 pub struct LayerReport {
+    /// The blob's digest.
     pub digest: Digest,
+    /// The uncompressed stream's digest.
     pub diff_id: Digest,
+    /// The snapshot's name.
     pub chain_id: Digest,
     /// The layer's snapshot was already committed: nothing was extracted.
     pub cached: bool,
@@ -69,21 +80,32 @@ fn is_zero(count: &u64) -> bool {
 
 /// Progress for a caller that wants to show it.
 pub enum Progress<'a> {
+    /// Layer `index` (from 0) of `count` is being extracted.
     Extracting {
+        /// Which layer, from 0.
         index: usize,
+        /// Of how many.
         count: usize,
+        /// The layer.
         layer: &'a Layer,
     },
+    /// Layer `index` of `count` is in the store already.
     Cached {
+        /// Which layer, from 0.
         index: usize,
+        /// Of how many.
         count: usize,
+        /// The layer.
         layer: &'a Layer,
     },
+    /// DEST is being copied from the store.
     Copying,
     /// Something the user should know that does not stop the unpack.
     Warning(String),
 }
 
+/// Unpacks `options.image` into `options.dest`, telling `progress` how it goes: the job of
+/// `strata unpack`. On failure, DEST is not left behind and the store holds nothing new.
 pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
     let reference = ImageRef::parse(&options.image)?;
     let platform = match &options.platform {

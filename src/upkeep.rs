@@ -18,7 +18,9 @@ use crate::unpack::absolute;
 /// One committed snapshot, as `strata ls` shows it.
 #[derive(Debug, Serialize)]
 pub struct SnapshotListing {
+    /// What names it.
     pub chain_id: Digest,
+    /// The snapshot below it.
     pub parent: Option<Digest>,
     /// Bytes of its layer's uncompressed stream.
     pub size: u64,
@@ -98,6 +100,7 @@ pub fn forget(store: &Path, image: &str) -> Result<Vec<ImageRecord>> {
 /// What `strata gc` removed.
 #[derive(Debug, Serialize)]
 pub struct Collected {
+    /// The snapshots removed, by chain ID.
     pub snapshots: Vec<Digest>,
     /// What could not be removed (it stays in the store's `tmp/`), one line each.
     pub left_behind: Vec<String>,

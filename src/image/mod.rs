@@ -33,9 +33,13 @@ const MAX_JSON_SIZE: u64 = 4 << 20;
 /// An image ready to unpack: its layers in order, bottom first.
 #[derive(Clone, Debug)]
 pub struct Image {
+    /// The layout it is in.
     pub layout: Layout,
+    /// Its manifest's digest: what names the image in the store's records.
     pub manifest_digest: Digest,
+    /// Its config's digest.
     pub config_digest: Digest,
+    /// Its layers, bottom first.
     pub layers: Vec<Layer>,
 }
 
@@ -43,13 +47,20 @@ pub struct Image {
 /// decompressed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layer {
+    /// The blob's digest.
     pub digest: Digest,
+    /// The blob's size.
     pub size: u64,
+    /// As the manifest gives it.
     pub media_type: String,
+    /// What the media type declares.
     pub compression: Compression,
+    /// The digest of the uncompressed stream, from the config.
     pub diff_id: Digest,
 }
 
+/// Why an image cannot be read. Each variant's message says what it means, naming its fields.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("invalid image reference {text:?}: {reason}")]

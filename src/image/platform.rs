@@ -9,8 +9,11 @@ use super::ImageError;
 /// A platform in the Go names the image spec uses (`linux/arm64/v8`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Platform {
+    /// `linux`.
     pub os: String,
+    /// `amd64`, `arm64`, …
     pub architecture: String,
+    /// `v8`, `v7`, … where the architecture has variants.
     pub variant: Option<String>,
 }
 

@@ -9,7 +9,9 @@ use crate::digest::Digest;
 /// An image in an OCI layout directory, as named on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageRef {
+    /// The layout's directory.
     pub layout: PathBuf,
+    /// Which image in it.
     pub selector: Selector,
 }
 

@@ -20,6 +20,7 @@ const PIPE_SIZE: usize = 1 << 20;
 /// soon as there is something for it.
 const STEP: usize = 64 << 10;
 
+/// A layer's blob, to send to a helper and check on the way.
 pub struct Blob {
     file: File,
     digest: Digest,
@@ -27,6 +28,7 @@ pub struct Blob {
 }
 
 impl Blob {
+    /// The blob open as `file`, which must have `digest` and `size`.
     pub fn new(file: File, digest: &Digest, size: u64) -> Self {
         Blob {
             file,

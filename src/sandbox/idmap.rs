@@ -1,53 +1,9 @@
 //! Which ids the helper's user namespace maps: the user alone, or the user as
 //! container root plus a subordinate range from `/etc/subuid` and `/etc/subgid`.
 
-use std::fmt;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-/// A run of host ids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdRange {
-    pub start: u32,
-    pub count: u32,
-}
-
-/// How the helper's namespace maps ids; container 0 is always the calling user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdMap {
-    /// Container 0 → the user; nobody else exists.
-    Single,
-    /// Container 0 → the user, 1..=N → the subordinate ranges.
-    Subordinate { uids: IdRange, gids: IdRange },
-}
-
-impl IdMap {
-    /// How many container ids, from 0, this map can give a file.
-    pub fn mapped_ids(&self) -> u64 {
-        match self {
-            IdMap::Single => 1,
-            IdMap::Subordinate { uids, gids } => 1 + u64::from(uids.count.min(gids.count)),
-        }
-    }
-}
-
-impl fmt::Display for IdMap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IdMap::Single => f.write_str("single"),
-            IdMap::Subordinate { uids, gids } => write!(
-                f,
-                "subordinate uids {}-{}, gids {}-{}",
-                uids.start,
-                u64::from(uids.start) + u64::from(uids.count) - 1,
-                gids.start,
-                u64::from(gids.start) + u64::from(gids.count) - 1
-            ),
-        }
-    }
-}
+pub use strata_protocol::{IdMap, IdRange};
 
 /// What the user asked for with `--idmap`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,6 +11,7 @@ pub enum IdMapMode {
     /// The subordinate ranges when they work, else the single map (with a warning).
     #[default]
     Auto,
+    /// The user alone.
     Single,
 }
 

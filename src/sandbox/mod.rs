@@ -16,7 +16,7 @@ use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::extract::NeedsLowers;
+use crate::protocol::NeedsLowers;
 use crate::protocol::{
     Applied, CONTROL_FD, Compression, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, Reply, Request,
 };
@@ -49,6 +49,7 @@ impl Helper {
         Ok(Helper { program, idmap })
     }
 
+    /// The ids its namespaces map.
     pub fn idmap(&self) -> IdMap {
         self.idmap
     }

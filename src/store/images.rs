@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
+/// What the store keeps of an unpacked image: what its snapshots are kept for.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// The image as it was named, with an absolute layout path.
     pub reference: String,
+    /// Its manifest's digest.
     pub manifest: Digest,
     /// Every layer's chain ID, bottom first: the snapshots this image needs.
     pub chain_ids: Vec<Digest>,

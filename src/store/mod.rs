@@ -17,9 +17,7 @@
 
 mod images;
 
-use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File};
-use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::protocol::{Applied, Compression, Onto, Overlay, Skipped};
 use crate::sandbox::{Blob, Helper, IdMap};
-use crate::{at, tree};
 pub use images::ImageRecord;
 
 /// `STORE/store.json`: what holds for every snapshot in the store.
@@ -44,10 +41,13 @@ struct StoreConfig {
     snapshotter: Snapshotter,
 }
 
+/// How a store keeps snapshots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Snapshotter {
+    /// Each snapshot a full tree, prepared as a copy of its parent.
     Native,
+    /// Each snapshot the layer's changes alone, applied through an overlay of its parents.
     Overlay,
 }
 
@@ -57,15 +57,20 @@ pub enum SnapshotterMode {
     /// The store's own; for a new store, overlay where it works, else native.
     #[default]
     Auto,
+    /// [`Snapshotter::Native`].
     Native,
+    /// [`Snapshotter::Overlay`], or an error where it does not work.
     Overlay,
 }
 
 /// What the store keeps about a committed snapshot, beside its tree.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotInfo {
+    /// What names it.
     pub chain_id: Digest,
+    /// The snapshot below it.
     pub parent: Option<Digest>,
+    /// Its layer's uncompressed digest.
     pub diff_id: Digest,
     /// The compressed blob it was extracted from.
     pub layer: Digest,
@@ -78,10 +83,12 @@ pub struct SnapshotInfo {
     /// finds the snapshot reports the same.
     #[serde(default)]
     pub skipped: Vec<Skipped>,
+    /// How many more there were.
     #[serde(default)]
     pub skipped_omitted: u64,
 }
 
+/// A store of snapshots by chain ID, open and locked.
 pub struct Store {
     root: PathBuf,
     helper: Helper,
@@ -265,6 +272,7 @@ impl Store {
         }
     }
 
+    /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -400,7 +408,7 @@ impl Store {
     /// Applies the layer read from `blob` to `active`, prepared on top of nothing, as the
     /// overlay snapshot of a layer whose parents are not there yet: committed on top of them
     /// later, it holds what it would have held applied on top of them. Fails with
-    /// [`crate::extract::NeedsLowers`] when that cannot be known without them.
+    /// [`crate::protocol::NeedsLowers`] when that cannot be known without them.
     pub fn apply_parentless(
         &self,
         active: &Active,
@@ -421,8 +429,7 @@ impl Store {
         // overlayfs's scratch and mount point are not part of the snapshot. The scratch holds
         // only directories overlayfs made as the namespace's root, that is, as the user: no
         // helper is needed to remove them, short of a surprise.
-        let dir = tree::open_dir(&active.dir)?;
-        if at::remove_all(dir.as_fd(), OsStr::new("work")).is_err() {
+        if fs::remove_dir_all(active.work()).is_err() {
             self.helper.remove_dir(&active.work())?;
         }
         self.helper.remove_dir(&active.merged())?;
@@ -526,6 +533,7 @@ fn unique_key() -> String {
     )
 }
 
+/// Seconds since the epoch.
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -74,7 +74,14 @@ fn binaries_dir() -> &'static Path {
 
     DIR.get_or_init(|| {
         let strata = Path::new(env!("CARGO_BIN_EXE_strata"));
-        let helper = Path::new(env!("CARGO_BIN_EXE_strata-helper"));
+        // The helper is a crate of its own: `cargo test` on the workspace builds it beside
+        // `strata` (its own tests need it).
+        let helper = &strata.with_file_name("strata-helper");
+        assert!(
+            helper.exists(),
+            "no {} (build the workspace: `cargo test` or `cargo build`)",
+            helper.display()
+        );
         if !running_as_root() {
             return strata.parent().unwrap().to_owned();
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::decompress;
-use crate::digest::{Digest, Hasher};
+use strata_protocol::{Digest, Hasher};
 
 /// Decompressed bytes travel in chunks of this size, at most `CHUNKS_IN_FLIGHT` ahead of the
 /// slowest reader: memory stays bounded whatever the layer's size.

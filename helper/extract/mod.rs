@@ -18,7 +18,7 @@ use std::thread;
 
 use anyhow::{Result, anyhow};
 
-use crate::protocol::{Applied, Compression, Skipped};
+use strata_protocol::{Applied, Compression, Skipped};
 use stream::ChunkReader;
 
 /// A tree a layer is applied to.
@@ -34,7 +34,7 @@ pub enum Tree<'a> {
         lowers: &'a [BorrowedFd<'a>],
     },
     /// An overlay snapshot's own directory, written with nothing below it mounted (see
-    /// [`crate::protocol::Onto::Parentless`]).
+    /// [`strata_protocol::Onto::Parentless`]).
     Parentless(BorrowedFd<'a>),
 }
 
@@ -72,12 +72,6 @@ impl<'a> Tree<'a> {
         }
     }
 }
-
-/// A parentless layer met an entry whose result depends on the layers below it: the layer
-/// must be applied on top of them instead.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NeedsLowers(pub String);
 
 /// Applies the compressed layer `input` to each of `trees` (the first one's account of it is
 /// returned). `mapped_ids` is how many ids the caller's user namespace maps from 0;
@@ -527,7 +521,7 @@ mod tests {
             1,
         )
         .unwrap();
-        assert_eq!(applied.diff_id, crate::digest::Digest::of_bytes(&stream));
+        assert_eq!(applied.diff_id, strata_protocol::Digest::of_bytes(&stream));
         assert_eq!(applied.bytes, stream.len() as u64);
         assert_eq!(applied.entries, 1);
     }

@@ -2,7 +2,7 @@
 //! [`KEPT`] entries' account, and a count of the rest. A layer of 60,000 device nodes
 //! costs a report of a thousand lines, not of sixty thousand. Pure bookkeeping.
 
-use crate::protocol::Skipped;
+use strata_protocol::Skipped;
 
 /// How many skipped paths a layer's report lists.
 pub const KEPT: usize = 1000;

@@ -3,7 +3,7 @@
 
 use std::io::{self, BufRead, Cursor, Read};
 
-use crate::protocol::Compression;
+use strata_protocol::Compression;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];

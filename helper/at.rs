@@ -22,31 +22,29 @@ pub type Result<T> = io::Result<T>;
 /// How often a resolution the kernel answers with EAGAIN is tried again.
 const EAGAIN_ATTEMPTS: u32 = 2000;
 
-/// How to open a directory inside `root`, never leaving it (`extra`: further restrictions).
-fn dir_in_root(extra: ResolveFlag) -> OpenHow {
+/// How to open a directory inside `root`, never leaving it, through real directories alone:
+/// where names lead through symlinks is worked out by the applier (`extract::resolve`), and
+/// the kernel opens the result.
+fn real_dir_in_root() -> OpenHow {
     OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(
             ResolveFlag::RESOLVE_IN_ROOT
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS
                 | ResolveFlag::RESOLVE_NO_XDEV
-                | extra,
+                | ResolveFlag::RESOLVE_NO_SYMLINKS,
         )
 }
 
-/// Opens `path` (relative, already normalised) as a directory, resolving symlinks as if `root`
-/// were `/`. The result is an `O_PATH` fd fit only as the `dirfd` of other `*at` calls.
-pub fn resolve_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
-    open_dir_in_root(root, path, dir_in_root(ResolveFlag::empty()))
-}
-
-/// Like [`resolve_dir`], but only through real directories: a symlink on the way is ELOOP.
+/// Opens `path` (relative, already normalised) as a directory, through real directories
+/// alone: a symlink on the way is ELOOP. The result is an `O_PATH` fd fit only as the `dirfd`
+/// of other `*at` calls.
 ///
 /// The kernel takes a path of less than 4,096 bytes; a tree reached through symlinks, whose
 /// names are each short, can be deeper than that. A longer path is opened a part at a time:
 /// through real directories alone, each part stays below the directory before it.
 pub fn resolve_real_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
-    let how = dir_in_root(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let how = real_dir_in_root();
     let mut parts = parts_of(path).into_iter();
     let first = parts.next().unwrap_or_default();
     let mut dir = open_dir_in_root(root, &first, how)?;

@@ -41,11 +41,11 @@ use super::resolve::{self, Lookup, Missing, Node, Symlinks, Walked};
 use super::skipped::SkippedList;
 use super::writers::{Buffers, SMALL_FILE, Writers};
 use crate::at;
-use crate::protocol::Skipped;
 use dir_fixes::{DirFixes, Maker};
 use links::LinkGroups;
 use meta::{Meta, ModeBits, XattrKind};
 use parentless::{mark_opaque, needs_lowers};
+use strata_protocol::Skipped;
 
 /// The directory the last entry went into.
 struct ParentDir {

@@ -18,7 +18,7 @@ use strata_tar::{Header, Region};
 use super::super::owner;
 use super::super::path::{shown, shown_bytes};
 use crate::at;
-use crate::protocol::Skipped;
+use strata_protocol::Skipped;
 
 /// What a tar header says about the file it introduces.
 #[derive(Clone)]

@@ -15,7 +15,7 @@ use std::thread::Scope;
 use anyhow::Result;
 
 use super::skipped::SkippedList;
-use crate::protocol::Skipped;
+use strata_protocol::Skipped;
 
 /// Files at most this large are handed out; their contents travel with them.
 pub const SMALL_FILE: u64 = 128 * 1024;

@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::stat::{Mode, SFlag, mknodat};
 
-use super::super::NeedsLowers;
 use super::super::path::shown;
 use super::Applier;
 use crate::at;
+use strata_protocol::NeedsLowers;
 
 impl Applier<'_> {
     /// A whiteout of `name` in the canonical directory `parent` (open as `parent_fd`): a
