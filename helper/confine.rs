@@ -208,7 +208,8 @@ pub fn lock_down(readable: &[BorrowedFd], writable: &[BorrowedFd], parent: Pid) 
     if getppid() != parent {
         bail!("strata exited before the helper was ready");
     }
-    Ok(())
+    // Last: the calls above are not among those the jobs need.
+    crate::seccomp::install()
 }
 
 fn restrict_filesystem(readable: &[BorrowedFd], writable: &[BorrowedFd]) -> Result<()> {

@@ -8,6 +8,7 @@
 mod at;
 mod confine;
 mod extract;
+mod seccomp;
 mod tree;
 
 use std::fs::File;

@@ -100,6 +100,13 @@ fn the_helper_runs_confined() {
     assert_eq!(status_field(helper, "CapBnd"), "0000000000000000");
     assert_eq!(status_field(helper, "CapAmb"), "0000000000000000");
     assert_eq!(status_field(helper, "NoNewPrivs"), "1");
+    // Then the seccomp filter (mode 2), its last step; what it refuses is tested in the
+    // helper's own tests, under the same filter.
+    while status_field(helper, "Seccomp") != "2" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(status_field(helper, "Seccomp"), "2");
+    assert_eq!(status_field(helper, "Seccomp_filters"), "1");
     // Nothing inherited: besides stdin (the layer), stdout, stderr and the result pipe, only
     // what the helper opened itself inside its new root.
     for entry in fs::read_dir(format!("/proc/{helper}/fd")).unwrap() {

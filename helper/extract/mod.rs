@@ -192,7 +192,7 @@ fn header_error(err: strata_tar::Error, entries: u64) -> anyhow::Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Extraction into a temporary directory, without namespaces: `openat2(RESOLVE_IN_ROOT)`
     //! alone must keep every entry inside.
 
@@ -262,6 +262,19 @@ mod tests {
 
     fn read(path: &Path) -> String {
         fs::read_to_string(path).unwrap()
+    }
+
+    /// Applies a layer of a directory, 200 small files (through the writer threads), a
+    /// symlink and a hardlink to `root`, and checks what landed.
+    pub(crate) fn apply_a_small_layer(root: &Path) {
+        let names: Vec<String> = (0..200).map(|i| format!("d/f{i}")).collect();
+        let mut entries = vec![E::Dir("d")];
+        entries.extend(names.iter().map(|name| E::File(name, "small")));
+        entries.extend([E::Symlink("s", "d"), E::Hardlink("d/link", "d/f0")]);
+        let applied = apply(root, &entries).unwrap();
+        assert_eq!(applied.entries, 203);
+        assert_eq!(fs::read_dir(root.join("d")).unwrap().count(), 201);
+        assert_eq!(read(&root.join("s/f199")), "small");
     }
 
     #[test]
