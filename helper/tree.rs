@@ -168,13 +168,20 @@ impl Queue<'_> {
                 Ok((from, at::open_real_dir(self.dest, &path)?))
             })()
             .with_context(|| format!("opening {}", shown(&path)))?;
+            // The root's own metadata belongs to DEST.
+            if !path.as_os_str().is_empty() {
+                let copying = || format!("copying {}", path.display());
+                let st = nix::sys::stat::fstat(&from).with_context(copying)?;
+                let xattrs = at::xattrs(from.as_fd()).with_context(copying)?;
+                later.dirs.push((path.clone(), st, xattrs));
+            }
             self.copy_dir(from.as_fd(), to.as_fd(), &path, later, &mut kept)?;
         }
         Ok(())
     }
 
     /// Copies the entries of the directory `path` (open as `from` and `to`): subdirectories
-    /// are made, and left to other threads, or to `kept`.
+    /// are made, and left to other threads, or to `kept`, to copy with their metadata.
     fn copy_dir(
         &self,
         from: BorrowedFd,
@@ -190,9 +197,8 @@ impl Queue<'_> {
                     return Ok(false);
                 };
                 if kind(&st) == SFlag::S_IFDIR {
+                    // Its metadata is read when it is copied.
                     mkdirat(to, name.as_os_str(), Mode::from_bits_truncate(0o700))?;
-                    let xattrs = at::xattrs(at::open_subdir(from, &name)?.as_fd())?;
-                    later.dirs.push((path.clone(), st, xattrs));
                     return Ok(true);
                 }
                 if st.st_nlink > 1 {

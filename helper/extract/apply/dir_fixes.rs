@@ -85,10 +85,10 @@ impl<'a> DirFixes<'a> {
     /// The layer is about to change the directory `path` (open as `dir`), which `maker` made:
     /// its times are noted, the first time only, unless this layer names it.
     pub fn changing(&mut self, path: &Path, dir: BorrowedFd, maker: Maker) -> io::Result<()> {
-        let settled = || self.settled.contains(path);
-        if self.changed.contains_key(path)
+        // Most entries go into a directory of their own layer: decided without a look-up.
+        if maker == Maker::ThisLayer && !self.settled.contains(path)
+            || self.changed.contains_key(path)
             || self.named.contains_key(path)
-            || maker == Maker::ThisLayer && !settled()
         {
             return Ok(());
         }

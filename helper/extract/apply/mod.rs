@@ -44,7 +44,7 @@ use crate::at;
 use dir_fixes::{DirFixes, Maker};
 use links::LinkGroups;
 use meta::{Meta, ModeBits, XattrKind};
-use parentless::{mark_opaque, needs_lowers};
+use parentless::{OPAQUE_NOT_MADE, mark_opaque, needs_lowers};
 use strata_protocol::Skipped;
 
 /// The directory the last entry went into.
@@ -541,31 +541,34 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// The directory a whiteout or opaque marker removes in, once the writers are out of the
+    /// way; `None` when there is none, so nothing to remove. A parentless layer that cannot
+    /// find it (`why`) leaves it to the layers below.
+    fn removal_dir(&mut self, spelled: &Path, why: &str) -> Result<Option<(PathBuf, OwnedFd)>> {
+        if handout::removal_waits(self.tree.target()) {
+            self.wait_for_writers()?;
+        }
+        match self.locate(spelled, Missing::Stop) {
+            Ok(Located::Dir { path, fd }) => Ok(Some((path, fd))),
+            Ok(Located::Missing) | Err(_) if self.tree.is_parentless() => {
+                Err(needs_lowers(spelled, why))
+            }
+            Ok(Located::Missing) => Ok(None),
+            Err(err) if is_errno(&err, libc::ENOTDIR) => Ok(None),
+            Err(err) => Err(err.context(format!("resolving {}", shown(spelled)))),
+        }
+    }
+
     /// A whiteout: removes what lower layers left at `target`, never a name of this layer.
     fn whiteout(&mut self, target: &Path) -> Result<()> {
         let (Some(spelled_parent), Some(name)) = (target.parent(), target.file_name()) else {
             bail!("whiteout of the root directory");
         };
-        if handout::removal_waits(self.tree.target()) {
-            self.wait_for_writers()?;
-        }
-        let parentless = self.tree.is_parentless();
-        let (parent, fd) = match self.locate(spelled_parent, Missing::Stop) {
-            Ok(Located::Dir { path, fd }) => (path, fd),
-            Ok(Located::Missing) | Err(_) if parentless => {
-                return Err(needs_lowers(
-                    spelled_parent,
-                    "holds a whiteout but is not made by this layer",
-                ));
-            }
-            // Nothing there to remove.
-            Ok(Located::Missing) => return Ok(()),
-            Err(err) if is_errno(&err, libc::ENOTDIR) => return Ok(()),
-            Err(err) => {
-                return Err(err.context(format!("resolving {}", shown(spelled_parent))));
-            }
+        let why = "holds a whiteout but is not made by this layer";
+        let Some((parent, fd)) = self.removal_dir(spelled_parent, why)? else {
+            return Ok(());
         };
-        if parentless {
+        if self.tree.is_parentless() {
             return self.record_whiteout(&parent, fd.as_fd(), name);
         }
         self.overlay_looked_in(&parent);
@@ -576,21 +579,10 @@ impl<'a> Applier<'a> {
 
     /// An opaque marker: removes everything lower layers left in `dir`.
     fn opaque(&mut self, spelled: &Path) -> Result<()> {
-        if handout::removal_waits(self.tree.target()) {
-            self.wait_for_writers()?;
-        }
-        let parentless = self.tree.is_parentless();
-        let (dir, fd) = match self.locate(spelled, Missing::Stop) {
-            Ok(Located::Dir { path, fd }) => (path, fd),
-            Ok(Located::Missing) | Err(_) if parentless => {
-                return Err(needs_lowers(spelled, OPAQUE_NOT_MADE));
-            }
-            // Nothing there to hide.
-            Ok(Located::Missing) => return Ok(()),
-            Err(err) if is_errno(&err, libc::ENOTDIR) => return Ok(()),
-            Err(err) => return Err(err.context(format!("resolving {}", shown(spelled)))),
+        let Some((dir, fd)) = self.removal_dir(spelled, OPAQUE_NOT_MADE)? else {
+            return Ok(());
         };
-        if parentless {
+        if self.tree.is_parentless() {
             return self.record_opaque(&dir, fd.as_fd());
         }
         self.overlay_looked_in(&dir);
@@ -689,8 +681,6 @@ impl Lookup for TreeLookup<'_, '_> {
         Ok(())
     }
 }
-
-pub(super) const OPAQUE_NOT_MADE: &str = "is made opaque but not made by this layer";
 
 /// Whether `err` is the OS error `errno`.
 fn is_errno(err: &anyhow::Error, errno: i32) -> bool {

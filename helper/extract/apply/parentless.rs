@@ -55,13 +55,16 @@ impl Applier<'_> {
     /// An opaque marker in the canonical directory `dir`, which this layer must make.
     pub(super) fn record_opaque(&mut self, dir: &Path, fd: BorrowedFd) -> Result<()> {
         if !self.fresh_dirs.contains(dir) {
-            return Err(needs_lowers(dir, super::OPAQUE_NOT_MADE));
+            return Err(needs_lowers(dir, OPAQUE_NOT_MADE));
         }
         let dir_fd =
             at::open_subdir(fd, OsStr::new(".")).context("opening the opaque directory")?;
         mark_opaque(dir_fd.as_fd(), dir)
     }
 }
+
+/// Why a parentless layer cannot record an opaque marker itself.
+pub const OPAQUE_NOT_MADE: &str = "is made opaque but not made by this layer";
 
 /// overlayfs's mark (as a rootless mount reads it) of a directory that hides the ones below.
 pub fn mark_opaque(dir: BorrowedFd, path: &Path) -> Result<()> {
