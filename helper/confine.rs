@@ -209,7 +209,7 @@ pub fn lock_down(readable: &[BorrowedFd], writable: &[BorrowedFd], parent: Pid) 
         bail!("strata exited before the helper was ready");
     }
     // Last: the calls above are not among those the jobs need.
-    crate::seccomp::install()
+    crate::seccomp::install(crate::seccomp::Wall::Applier)
 }
 
 fn restrict_filesystem(readable: &[BorrowedFd], writable: &[BorrowedFd]) -> Result<()> {

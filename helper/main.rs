@@ -1,25 +1,32 @@
-//! strata-helper: the only process that touches the contents of snapshots and destinations.
+//! strata-helper: the only program that touches layer contents, snapshots and destinations.
 //!
-//! Started by `strata` with one JSON request argument and the result pipe on fd 3. Still
-//! single-threaded, it enters its namespaces, pivots into the target directory, locks itself
-//! down, does the one job asked (apply the layer on stdin, copy a tree, or clear one), and writes
-//! one JSON line. It never execs, loads libraries or looks up names after the pivot.
+//! Started by `strata` with one JSON argument, its role, and the result pipe on fd 3, it plays
+//! one of two roles and writes one JSON line:
+//! - the inflater ([`inflate`]) decompresses the layer on stdin onto stdout and hashes it,
+//!   behind a wall that leaves it nothing but its pipes;
+//! - a job: still single-threaded, it enters its namespaces, pivots into the target directory,
+//!   locks itself down, and does the one job asked (apply the tar stream on stdin, copy a
+//!   tree, or clear one). It never execs, loads libraries or looks up names after the pivot.
 
 mod at;
+mod chunks;
 mod confine;
 mod extract;
+mod inflate;
 mod seccomp;
 mod tree;
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use nix::unistd::getppid;
-use strata_protocol::{CONTROL_FD, Compression, NeedsLowers, Onto, Op, RESULT_FD, Reply, Request};
+use strata_protocol::{
+    CONTROL_FD, GIVEN_BACK_FD, NeedsLowers, Onto, Op, RESULT_FD, RING_FD, Reply, Request, Role,
+};
 
 fn main() -> ExitCode {
     let (Some(mut results), Some(control)) = (adopt_fd(RESULT_FD), adopt_fd(CONTROL_FD)) else {
@@ -29,19 +36,21 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let reply = run(&mut results, control).unwrap_or_else(|err| {
-        match err
-            .chain()
-            .find_map(|cause| cause.downcast_ref::<NeedsLowers>())
-        {
-            Some(NeedsLowers(why)) => Reply::NeedsLowers {
+        if let Some(NeedsLowers(why)) = err.chain().find_map(|cause| cause.downcast_ref()) {
+            Reply::NeedsLowers {
                 needs_lowers: why.clone(),
-            },
-            None => Reply::Error {
+            }
+        } else if err.is::<extract::CutShort>() {
+            Reply::CutShort {
+                cut_short: format!("{err:#}"),
+            }
+        } else {
+            Reply::Error {
                 error: format!("{err:#}"),
-            },
+            }
         }
     });
-    let failed = matches!(reply, Reply::Error { .. });
+    let failed = matches!(reply, Reply::Error { .. } | Reply::CutShort { .. });
     let mut line = serde_json::to_vec(&reply).expect("replies serialize");
     line.push(b'\n');
     if results.write_all(&line).is_err() || failed {
@@ -60,6 +69,18 @@ fn open_source(sources: &[PathBuf]) -> Result<OwnedFd> {
     tree::open_dir(top).with_context(|| format!("opening {}", top.display()))
 }
 
+/// The layer's ring (see `strata-ring`) as the parent installed it: the shared memory, the
+/// announcements' pipe on fd `announcements` (stdin for the applier, stdout for the
+/// inflater), and the pipe slots are given back on.
+fn adopt_ring(announcements: i32) -> Result<(OwnedFd, File, File)> {
+    let adopt = |fd| adopt_fd(fd).with_context(|| format!("no fd {fd} for the layer's ring"));
+    Ok((
+        adopt(RING_FD)?.into(),
+        adopt(announcements)?,
+        adopt(GIVEN_BACK_FD)?,
+    ))
+}
+
 /// Takes ownership of an fd the parent installed, if it is open.
 fn adopt_fd(fd: i32) -> Option<File> {
     // SAFETY: fcntl only inspects the descriptor; from_raw_fd takes ownership of an open fd
@@ -67,18 +88,36 @@ fn adopt_fd(fd: i32) -> Option<File> {
     unsafe { (libc::fcntl(fd, libc::F_GETFD) >= 0).then(|| File::from_raw_fd(fd)) }
 }
 
+fn run(results: &mut File, control: File) -> Result<Reply> {
+    let role = std::env::args().nth(1).context("no role argument")?;
+    match serde_json::from_str(&role).context("reading the role")? {
+        Role::Inflate(declared) => {
+            drop(control);
+            confine::close_fds_from(GIVEN_BACK_FD + 1)?;
+            let (ring, announce, given_back) = adopt_ring(1)?;
+            let ring = strata_ring::writer(&ring, announce, given_back)
+                .context("mapping the layer's ring")?;
+            // SAFETY: fd 0 is the pipe the parent set up; nothing else here uses it.
+            let stdin = unsafe { File::from_raw_fd(0) };
+            // Small reads: the kernel copies each into a buffer still in the CPU's cache.
+            // Reading 200 MB through a 1 MiB buffer took four times the CPU (measured).
+            let input = inflate::AlignedReader::new(stdin, 64 * 1024);
+            inflate::inflate(input, ring, declared)
+        }
+        Role::Job(request) => run_job(&request, results, control),
+    }
+}
+
 /// In three phases: the namespaces, and what the job needs outside the root, opened before
 /// the pivot hides it; the pivot and lockdown; the job.
-fn run(results: &mut File, control: File) -> Result<Reply> {
+fn run_job(request: &Request, results: &mut File, control: File) -> Result<Reply> {
     let parent = getppid();
-    let request = std::env::args().nth(1).context("no request argument")?;
-    let request: Request = serde_json::from_str(&request).context("reading the request")?;
     // SAFETY: umask only changes this process's file creation mask; modes are set explicitly.
     unsafe { libc::umask(0) };
-    confine::close_fds_from(CONTROL_FD + 1)?;
+    confine::close_fds_from(GIVEN_BACK_FD + 1)?;
     confine::enter_user_namespace(&request.idmap, results, control)?;
     confine::make_mounts_private()?;
-    let job = Job::open(&request)?;
+    let job = Job::open(request)?;
 
     confine::pivot_into(&request.root)?;
     confine::lock_down(&job.readable(), &job.writable(), parent)?;
@@ -90,7 +129,6 @@ fn run(results: &mut File, control: File) -> Result<Reply> {
 /// The job asked, with the trees outside the root it needs, open.
 enum Job {
     Apply {
-        compression: Compression,
         onto: OpenOnto,
         /// A second tree to write, which Landlock lets the helper write.
         also_to: Option<OwnedFd>,
@@ -120,11 +158,7 @@ impl Job {
         let open =
             |dir: &Path| tree::open_dir(dir).with_context(|| format!("opening {}", dir.display()));
         Ok(match &request.op {
-            Op::Apply {
-                compression,
-                onto,
-                also_to,
-            } => {
+            Op::Apply { onto, also_to } => {
                 let onto = match onto {
                     Onto::Plain => OpenOnto::Plain,
                     Onto::Parentless => OpenOnto::Parentless,
@@ -142,11 +176,7 @@ impl Job {
                     }
                 };
                 let also_to = also_to.as_deref().map(open).transpose()?;
-                Job::Apply {
-                    compression: *compression,
-                    onto,
-                    also_to,
-                }
+                Job::Apply { onto, also_to }
             }
             Op::Copy { sources } => Job::Copy {
                 source: open_source(sources)?,
@@ -188,16 +218,10 @@ impl Job {
     /// Does the job in the tree at `root`; `mapped_ids` is how many ids the namespace maps.
     fn run(self, root: BorrowedFd, mapped_ids: u64) -> Result<Reply> {
         match self {
-            Job::Apply {
-                compression,
-                onto,
-                also_to,
-            } => {
-                // SAFETY: fd 0 is the layer pipe the parent set up; nothing else here reads it.
-                let stdin = unsafe { File::from_raw_fd(0) };
-                // Small reads: the kernel copies each into a buffer still in the CPU's cache.
-                // Reading 200 MB through a 1 MiB buffer took four times the CPU (measured).
-                let input = BufReader::with_capacity(64 * 1024, stdin);
+            Job::Apply { onto, also_to } => {
+                let (ring, announced, give_back) = adopt_ring(0)?;
+                let input = strata_ring::Reader::new(&ring, announced, give_back)
+                    .context("mapping the layer's ring")?;
                 let lowers: Vec<_> = match &onto {
                     OpenOnto::Overlay { lowers, .. } => {
                         lowers.iter().map(|fd| fd.as_fd()).collect()
@@ -216,7 +240,7 @@ impl Job {
                 let trees: Vec<_> = std::iter::once(main)
                     .chain(also_to.as_ref().map(|fd| extract::Tree::Plain(fd.as_fd())))
                     .collect();
-                let applied = extract::apply_layer(input, compression, &trees, mapped_ids)?;
+                let applied = extract::apply_layer(input, &trees, mapped_ids)?;
                 Ok(Reply::Applied(applied))
             }
             Job::Copy { source } => {

@@ -14,6 +14,7 @@ use std::thread;
 use anyhow::{Context, Result, anyhow};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, copy_file_range, openat, readlinkat};
+use nix::sys::sendfile::sendfile;
 use nix::sys::stat::{
     FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, futimens, mkdirat,
     utimensat,
@@ -353,7 +354,9 @@ fn copy_contents(src: &File, dst: &File, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Copies `len` bytes at `offset` from `src` to the same place in `dst`.
+/// Copies `len` bytes at `offset` from `src` to the same place in `dst`, in the kernel:
+/// `copy_file_range` (which reflinks where the filesystem can), or, between filesystems it
+/// does not cross (a snapshot read through an overlay mount), `sendfile`.
 fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> Result<()> {
     let (mut from, mut to) = (offset as i64, offset as i64);
     let end = (offset + len) as i64;
@@ -362,8 +365,29 @@ fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> Result<()> {
         match copy_file_range(src, Some(&mut from), dst, Some(&mut to), chunk) {
             Ok(0) => break, // The source shrank: copy what there is.
             Ok(_) => {}
-            // Filesystems or kernels that cannot copy between these two files.
+            Err(Errno::EINTR) => {}
             Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                return send_range(src, dst, from as u64, (end - from) as u64);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// [`copy_range`] through `sendfile`, which copies between any two filesystems, page cache
+/// to page cache. It writes at `dst`'s file position.
+fn send_range(src: &File, dst: &File, offset: u64, len: u64) -> Result<()> {
+    lseek(dst, offset as i64, Whence::SeekSet)?;
+    let mut from = offset as i64;
+    let end = (offset + len) as i64;
+    while from < end {
+        let chunk = ((end - from) as u64).min(1 << 30) as usize;
+        match sendfile(dst, src, Some(&mut from), chunk) {
+            Ok(0) => break, // The source shrank: copy what there is.
+            Ok(_) => {}
+            Err(Errno::EINTR) => {}
+            Err(Errno::EINVAL | Errno::ENOSYS) => {
                 return copy_range_by_hand(src, dst, from as u64, (end - from) as u64);
             }
             Err(e) => return Err(e.into()),
@@ -374,7 +398,7 @@ fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> Result<()> {
 
 fn copy_range_by_hand(src: &File, dst: &File, mut offset: u64, len: u64) -> Result<()> {
     let end = offset + len;
-    let mut buf = vec![0; 256 * 1024];
+    let mut buf = strata_ring::PageBuf::new(256 * 1024);
     while offset < end {
         let want = buf.len().min((end - offset) as usize);
         let n = src.read_at(&mut buf[..want], offset)?;

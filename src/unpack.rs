@@ -17,8 +17,8 @@ use crate::digest::Digest;
 use crate::image::{self, Image, ImageRef, Layer, Platform};
 use crate::plan::{Plan, plan};
 use crate::protocol::NeedsLowers;
-use crate::protocol::{Applied, Compression, Onto, Skipped};
-use crate::sandbox::{Blob, Helper, IdMap, IdMapMode};
+use crate::protocol::{Applied, Onto, Skipped};
+use crate::sandbox::{AppliedLayer, Blob, Helper, IdMap, IdMapMode};
 use crate::store::{Active, ImageRecord, SnapshotInfo, SnapshotterMode, Store, after_cleanup, now};
 
 /// What `strata unpack` is asked.
@@ -171,15 +171,14 @@ fn unpack_directly(
     let plan = plan(&diff_ids(image), |_| false);
     let count = image.layers.len();
     // Started on this thread, which outlives them (see `Helper::start`); set up on another.
-    let start = |index: usize| -> Result<_> {
-        let compression = image.layers[index].compression;
-        let started = helper.start_apply(staging.path(), Onto::Plain, None, compression)?;
+    let start = || -> Result<_> {
+        let started = helper.start_apply(staging.path(), Onto::Plain, None)?;
         Ok(thread::spawn(move || started.set_up()))
     };
     let mut next = None;
     let mut reports = Vec::with_capacity(count);
     let outcome = (|| {
-        next = (count > 0).then(|| start(0)).transpose()?;
+        next = (count > 0).then(start).transpose()?;
         for (index, (layer, chain_id)) in image.layers.iter().zip(&plan.chain_ids).enumerate() {
             progress(Progress::Extracting {
                 index,
@@ -192,8 +191,8 @@ fn unpack_directly(
                 .join()
                 .expect("setting up a helper does not panic")
                 .with_context(|| describe(image, index))?;
-            next = (index + 1 < count).then(|| start(index + 1)).transpose()?;
-            let applied = extract(image, index, |_, blob| started.apply(blob))?;
+            next = (index + 1 < count).then(start).transpose()?;
+            let applied = extract(image, index, |blob| started.apply(blob))?;
             reports.push(report(
                 layer,
                 chain_id.clone(),
@@ -278,9 +277,9 @@ fn extract_on_parent(
     let active = store
         .prepare(parent)
         .with_context(|| describe(image, index))?;
-    let applied = extract(image, index, |compression, blob| {
+    let applied = extract(image, index, |blob| {
         let also_to = also_to.map(Staging::path);
-        store.apply(&active, parent, also_to, compression, blob)
+        store.apply(&active, parent, also_to, blob)
     });
     match applied {
         Ok(applied) => {
@@ -423,9 +422,7 @@ fn extract_parentless(store: &Store, image: &Image, index: usize) -> Result<Extr
     let active = store
         .prepare(None)
         .with_context(|| describe(image, index))?;
-    match extract(image, index, |compression, blob| {
-        store.apply_parentless(&active, compression, blob)
-    }) {
+    match extract(image, index, |blob| store.apply_parentless(&active, blob)) {
         Ok(applied) => Ok(Extracted::Parentless(active, applied)),
         Err(err) => Err(after_cleanup(err, store.remove(active))),
     }
@@ -435,23 +432,22 @@ fn needs_lowers(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| cause.is::<NeedsLowers>())
 }
 
-/// Hands layer `index` to `apply` (a helper applying it somewhere), which checks the blob's
+/// Hands layer `index` to `apply` (helpers applying it somewhere), which checks the blob's
 /// digest and size on the way; then checks the diff ID.
 fn extract(
     image: &Image,
     index: usize,
-    apply: impl FnOnce(Compression, &Blob) -> Result<Applied>,
+    apply: impl FnOnce(&Blob) -> Result<AppliedLayer>,
 ) -> Result<Applied> {
     let layer = &image.layers[index];
     let run = || -> Result<Applied> {
         let file = image.layout.open_blob(&layer.digest)?;
-        let blob = Blob::new(file, &layer.digest, layer.size);
-        let applied = apply(layer.compression, &blob)?;
-        if applied.diff_id != layer.diff_id {
+        let blob = Blob::new(file, &layer.digest, layer.size, layer.compression);
+        let AppliedLayer { diff_id, applied } = apply(&blob)?;
+        if diff_id != layer.diff_id {
             bail!(
-                "diff ID mismatch: the config lists {} but the layer decompresses to {}",
+                "diff ID mismatch: the config lists {} but the layer decompresses to {diff_id}",
                 layer.diff_id,
-                applied.diff_id
             );
         }
         Ok(applied)

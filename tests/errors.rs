@@ -459,6 +459,53 @@ fn diff_id_mismatch_names_the_layer_and_both_digests() {
     assert_store_recovers(&env);
 }
 
+/// An uncompressed blob is its own tar stream: no inflater, and its digest, checked as it
+/// streams, is the diff ID the config must list.
+#[test]
+fn uncompressed_layer_whose_config_lists_another_diff_id_is_refused() {
+    let env = TestEnv::new();
+    let mut image = data_image(&env, b"some data\n", Compression::None);
+    assert_eq!(image.layers[0].digest, image.layers[0].diff_id);
+    let wrong = sha256(b"not the layer");
+    image.rewrite_config(|config| config["rootfs"]["diff_ids"][0] = json!(wrong));
+
+    let (out, dest) = unpack_fails(&env, &image.path);
+    assert_mentions(
+        out.failure(),
+        &["layer 1", "diff id", &wrong, &image.layers[0].digest],
+    );
+    assert_nothing_left(&env, &dest, &[&wrong, &image.chain_id()]);
+    assert_store_recovers(&env);
+}
+
+/// Docker's `…diff.tar` and OCI's `…tar` may hold a compressed stream: the first bytes decide
+/// that it goes through an inflater, and the diff ID is the uncompressed stream's.
+#[test]
+fn a_compressed_blob_declared_uncompressed_is_inflated() {
+    let env = TestEnv::new();
+    for (name, media_type) in [
+        ("oci", media_type::OCI_LAYER),
+        ("docker", media_type::DOCKER_LAYER),
+    ] {
+        let image = Image::new()
+            .layer(
+                Layer::new()
+                    .file("etc/data", b"data\n", 0o644)
+                    .compression(Compression::Gzip)
+                    .media_type(media_type),
+            )
+            .write(&env.path().join(name));
+        assert_ne!(image.layers[0].digest, image.layers[0].diff_id);
+        let dest = env.dest(&format!("{name}-rootfs"));
+        env.strata(args!["unpack", "--no-store", &image.path, &dest])
+            .success();
+        assert_eq!(
+            fs::read(Path::new(&dest).join("etc/data")).unwrap(),
+            b"data\n"
+        );
+    }
+}
+
 #[test]
 fn unsupported_layer_media_type_is_named() {
     let env = TestEnv::new();

@@ -1,25 +1,22 @@
-//! The helper's half of a layer: decompress, hash, and apply a tar stream to a root directory
-//! with OCI whiteout semantics.
+//! The applier's job: apply a tar stream to a root directory with OCI whiteout semantics.
 
 mod apply;
-mod decompress;
 mod handout;
 pub mod owner;
 pub mod path;
 mod resolve;
 mod skipped;
-mod stream;
 mod writers;
 
-use std::io::BufRead;
+use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use anyhow::{Result, anyhow};
 
-use strata_protocol::{Applied, Compression, Skipped};
-use stream::ChunkReader;
+use crate::chunks::{self, ChunkReader};
+use strata_protocol::{Applied, Skipped};
 
 /// A tree a layer is applied to.
 #[derive(Clone, Copy)]
@@ -73,23 +70,16 @@ impl<'a> Tree<'a> {
     }
 }
 
-/// Applies the compressed layer `input` to each of `trees` (the first one's account of it is
-/// returned). `mapped_ids` is how many ids the caller's user namespace maps from 0;
-/// owners beyond them are recorded, not set.
+/// Applies the tar stream in the ring `input` to each of `trees` (the first one's account of it
+/// is returned), reading it to its end. `mapped_ids` is how many ids the caller's user namespace
+/// maps from 0; owners beyond them are recorded, not set.
 ///
-/// Every job has its own thread: inflating, hashing (the diff ID), and applying to each tree;
-/// so creating files, which on most disks is the slower part, overlaps with the rest.
-pub fn apply_layer(
-    input: impl BufRead + Send,
-    compression: Compression,
-    trees: &[Tree],
-    mapped_ids: u64,
-) -> Result<Applied> {
-    let decoder = decompress::decoder(input, compression)?;
-    let (to_hasher, hasher_chunks) = stream::channel();
-    let (mut readers, mut appliers) = (vec![to_hasher], Vec::new());
+/// Every job has its own thread: reading the stream, and applying it to each tree; so creating
+/// files, which on most disks is the slower part, overlaps with the rest.
+pub fn apply_layer(input: strata_ring::Reader, trees: &[Tree], mapped_ids: u64) -> Result<Applied> {
+    let (mut readers, mut appliers) = (Vec::new(), Vec::new());
     for &tree in trees {
-        let (sender, chunks) = stream::channel();
+        let (sender, chunks) = chunks::channel();
         readers.push(sender);
         appliers.push((tree, ChunkReader::new(chunks)));
     }
@@ -98,8 +88,7 @@ pub fn apply_layer(
     // appliers already keep the cores busy, and more threads only add switching and copies.
     let writer_threads = if trees.len() == 1 { 2 } else { 0 };
     thread::scope(|scope| {
-        let inflater = scope.spawn(|| stream::inflate(decoder, readers, &failed));
-        let hasher = scope.spawn(move || stream::hash(hasher_chunks));
+        let reader = scope.spawn(|| chunks::broadcast(input, readers, &failed));
         let appliers: Vec<_> = appliers
             .into_iter()
             .map(|(tree, chunks)| {
@@ -121,30 +110,53 @@ pub fn apply_layer(
                     .map_err(|_| anyhow!("an extraction thread panicked"))?,
             );
         }
-        let inflated = inflater
+        let bytes = reader
             .join()
-            .map_err(|_| anyhow!("the decompression thread panicked"))?;
-        let (diff_id, bytes) = hasher
-            .join()
-            .map_err(|_| anyhow!("the hashing thread panicked"))?;
+            .map_err(|_| anyhow!("the reading thread panicked"))?;
         // Every failed applier has a failure, and exactly one of them was first.
         if let Some(index) = results.iter().position(|(_, first)| *first) {
-            results.swap_remove(index).0?;
+            let err = results
+                .swap_remove(index)
+                .0
+                .expect_err("a failure came first");
+            return Err(match cut_short(&err) {
+                true => err.context(CutShort),
+                false => err,
+            });
         }
         let (entries, (skipped, skipped_omitted)) = results.swap_remove(0).0?;
-        inflated?;
         Ok(Applied {
-            diff_id,
             entries,
-            bytes,
+            bytes: bytes.map_err(|err| anyhow!(err).context("reading the layer"))?,
             skipped,
             skipped_omitted,
         })
     })
 }
 
+/// The mark on an applier's failure that came of its stream ending inside the archive: the
+/// inflater's failure, if it had one, explains it better.
+#[derive(Debug, thiserror::Error)]
+#[error("the layer ends early")]
+pub struct CutShort;
+
+/// Whether `err` comes of the tar reader meeting the end of the stream inside the archive.
+fn cut_short(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        // An entry's data is read through `io::Read`, which carries the tar reader's error
+        // inside an `io::Error` (whose `source` skips it).
+        let tar = cause.downcast_ref::<strata_tar::Error>().or_else(|| {
+            cause
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref())
+        });
+        matches!(tar, Some(strata_tar::Error::Truncated(_)))
+    })
+}
+
 /// Reads the tar stream and applies its entries. The stream may go on after tar's end block
-/// (the diff ID covers it): the hasher reads that, not this.
+/// (the diff ID covers it): the reading thread counts that, not this.
 fn extract(
     stream: ChunkReader,
     tree: Tree,
@@ -178,13 +190,8 @@ pub(crate) fn entry_name(name: &[u8]) -> String {
     format!("entry {:?}", path::shown_bytes(name))
 }
 
-/// A failure to read the next tar header: the decoder's own words when the compressed stream is
-/// at fault, else what the tar reader says, placed in the stream.
+/// A failure to read the next tar header: what the tar reader says, placed in the stream.
 fn header_error(err: strata_tar::Error, entries: u64) -> anyhow::Error {
-    let err = match err {
-        strata_tar::Error::Io(err) if decompress::is_stream_error(&err) => return err.into(),
-        other => other,
-    };
     match entries {
         0 => anyhow::Error::from(err).context("not a valid tar stream"),
         n => anyhow::Error::from(err).context(format!("reading the tar header after entry {n}")),
@@ -202,6 +209,7 @@ pub(crate) mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::chunks::tests::{Ring, ring};
 
     enum E<'a> {
         Dir(&'a str),
@@ -250,14 +258,21 @@ pub(crate) mod tests {
         builder.into_inner().unwrap()
     }
 
-    fn apply(root: &Path, entries: &[E]) -> Result<Applied> {
+    /// Applies the tar stream `stream`, through `ring`, to the directory `root`.
+    fn apply_through(ring: Ring, root: &Path, stream: &[u8]) -> Result<Applied> {
         let dir = fs::File::open(root).unwrap();
-        apply_layer(
-            &tar_of(entries)[..],
-            Compression::None,
-            &[Tree::Plain(dir.as_fd())],
-            1,
-        )
+        std::thread::scope(|scope| {
+            let input = crate::chunks::tests::streamed(scope, ring, stream);
+            apply_layer(input, &[Tree::Plain(dir.as_fd())], 1)
+        })
+    }
+
+    fn apply_stream(root: &Path, stream: &[u8]) -> Result<Applied> {
+        apply_through(ring(), root, stream)
+    }
+
+    fn apply(root: &Path, entries: &[E]) -> Result<Applied> {
+        apply_stream(root, &tar_of(entries))
     }
 
     fn read(path: &Path) -> String {
@@ -266,12 +281,12 @@ pub(crate) mod tests {
 
     /// Applies a layer of a directory, 200 small files (through the writer threads), a
     /// symlink and a hardlink to `root`, and checks what landed.
-    pub(crate) fn apply_a_small_layer(root: &Path) {
+    pub(crate) fn apply_a_small_layer(ring: Ring, root: &Path) {
         let names: Vec<String> = (0..200).map(|i| format!("d/f{i}")).collect();
         let mut entries = vec![E::Dir("d")];
         entries.extend(names.iter().map(|name| E::File(name, "small")));
         entries.extend([E::Symlink("s", "d"), E::Hardlink("d/link", "d/f0")]);
-        let applied = apply(root, &entries).unwrap();
+        let applied = apply_through(ring, root, &tar_of(&entries)).unwrap();
         assert_eq!(applied.entries, 203);
         assert_eq!(fs::read_dir(root.join("d")).unwrap().count(), 201);
         assert_eq!(read(&root.join("s/f199")), "small");
@@ -522,20 +537,29 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_diff_id_covers_trailing_bytes() {
+    fn the_stream_is_read_to_its_end_past_the_archive() {
         let tmp = tempfile::tempdir().unwrap();
         let mut stream = tar_of(&[E::File("f", "x")]);
         stream.extend_from_slice(&[0u8; 4096]);
-        let dir = fs::File::open(tmp.path()).unwrap();
-        let applied = apply_layer(
-            &stream[..],
-            Compression::None,
-            &[Tree::Plain(dir.as_fd())],
-            1,
-        )
-        .unwrap();
-        assert_eq!(applied.diff_id, strata_protocol::Digest::of_bytes(&stream));
+        let applied = apply_stream(tmp.path(), &stream).unwrap();
         assert_eq!(applied.bytes, stream.len() as u64);
         assert_eq!(applied.entries, 1);
+    }
+
+    #[test]
+    fn failures_that_come_of_the_stream_ending_early_are_marked() {
+        let stream = tar_of(&[E::File("f", &"x".repeat(3000)), E::File("g", "y")]);
+        let mut bad_header = stream.clone();
+        bad_header[512 + 3072 + 148] ^= 1;
+        for (cut, marked) in [
+            (&stream[..100], true),
+            (&stream[..1000], true),
+            (&stream[..512 + 3072 + 300], true),
+            (&bad_header[..], false),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let err = apply_stream(tmp.path(), cut).unwrap_err();
+            assert_eq!(err.is::<CutShort>(), marked, "{} bytes: {err:#}", cut.len());
+        }
     }
 }

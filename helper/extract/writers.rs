@@ -16,6 +16,7 @@ use anyhow::Result;
 
 use super::skipped::SkippedList;
 use strata_protocol::Skipped;
+use strata_ring::PageBuf;
 
 /// Files at most this large are handed out; their contents travel with them.
 pub const SMALL_FILE: u64 = 128 * 1024;
@@ -37,26 +38,24 @@ pub struct EarlierEntry(anyhow::Error);
 /// Buffers for the contents of handed-out files, passed back when a file is written: a new
 /// buffer would be allocated, zeroed before it is read into, and freed, for every file.
 #[derive(Clone, Default)]
-pub struct Buffers(Arc<Mutex<Vec<Vec<u8>>>>);
+pub struct Buffers(Arc<Mutex<Vec<PageBuf>>>);
 
 impl Buffers {
-    /// A buffer at least `len` bytes long; what is in it is left from earlier files.
-    pub fn take(&self, len: usize) -> Vec<u8> {
-        let mut buffer = self.lock().pop().unwrap_or_default();
-        if buffer.len() < len {
-            buffer.resize(len, 0);
-        }
-        buffer
+    /// A buffer of [`SMALL_FILE`] bytes; what is in it is left from earlier files.
+    pub fn take(&self) -> PageBuf {
+        self.lock()
+            .pop()
+            .unwrap_or_else(|| PageBuf::new(SMALL_FILE as usize))
     }
 
-    pub fn give_back(&self, buffer: Vec<u8>) {
+    pub fn give_back(&self, buffer: PageBuf) {
         let mut spare = self.lock();
         if spare.len() < SPARE_BUFFERS {
             spare.push(buffer);
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<PageBuf>> {
         self.0.lock().expect("no thread panics holding the lock")
     }
 }

@@ -1,6 +1,6 @@
-//! A layer blob on its way into the helper's stdin, checked against its descriptor as it goes.
-//! The bytes move from the page cache to the pipe by `splice`, never through this process; the
-//! parent reads them once more, from the page cache, only to hash them.
+//! A layer blob on its way into a helper, checked against its descriptor as it goes: into an
+//! inflater's stdin, moved from the page cache to the pipe by `splice` after a read to hash
+//! it; or, when the blob is the tar stream, read straight into the applier's ring.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -12,6 +12,8 @@ use nix::fcntl::{SpliceFFlags, splice};
 use nix::sys::uio::pread;
 
 use crate::digest::{Digest, Verifier};
+use crate::protocol::Compression;
+use strata_ring::{Announcer, Filler, PageBuf};
 
 /// How large the pipe is made: the fewer times it fills, the fewer wake-ups of the helper.
 const PIPE_SIZE: usize = 1 << 20;
@@ -25,54 +27,136 @@ pub struct Blob {
     file: File,
     digest: Digest,
     size: u64,
+    compression: Compression,
 }
 
 impl Blob {
-    /// The blob open as `file`, which must have `digest` and `size`.
-    pub fn new(file: File, digest: &Digest, size: u64) -> Self {
+    /// The blob open as `file`, which must have `digest` and `size`, and whose media type
+    /// declares `compression`.
+    pub fn new(file: File, digest: &Digest, size: u64, compression: Compression) -> Self {
         Blob {
             file,
             digest: digest.clone(),
             size,
+            compression,
         }
     }
 
     /// An empty layer, to try out what the helper can do.
     pub fn empty() -> Result<Self> {
         let file = File::open("/dev/null").context("opening /dev/null")?;
-        Ok(Blob::new(file, &Digest::of_bytes(b""), 0))
+        Ok(Blob::new(
+            file,
+            &Digest::of_bytes(b""),
+            0,
+            Compression::None,
+        ))
     }
 
-    /// Writes the blob into `pipe`. The helper quitting early (a broken pipe) is not an error
-    /// here: its reply says why, unless the rest of the blob fails verification, which then
-    /// explains the helper's failure better (a corrupt blob is first of all a mismatch).
+    /// Its digest.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Its size, as its descriptor gives it.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// What its media type declares.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Whether an inflater must turn it into the tar stream: it is declared compressed, or its
+    /// first bytes say so. Otherwise the blob is the stream, and its digest the diff ID.
+    pub fn needs_inflating(&self) -> Result<bool> {
+        let mut head = [0u8; Compression::MAGIC_LEN];
+        let mut read = 0;
+        while read < head.len() {
+            match pread(&self.file, &mut head[read..], read as i64) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e).with_context(|| format!("reading blob {}", self.digest)),
+            }
+        }
+        Ok(self.compression.needs_inflating(&head[..read]))
+    }
+
+    /// Writes the blob into `pipe` (an inflater's stdin). The helper quitting early (a broken
+    /// pipe) is not an error here: its reply says why, unless the rest of the blob fails
+    /// verification, which then explains the helper's failure better (a corrupt blob is first
+    /// of all a mismatch).
     pub fn send(&self, pipe: &mut (impl Write + AsFd)) -> Result<()> {
-        // Best effort: the user's pipe quota may not allow it.
-        let _ = nix::fcntl::fcntl(
-            pipe.as_fd(),
-            nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32),
-        );
+        widen(&*pipe);
         let mut verifier = Verifier::new(&self.digest, self.size);
-        let mut buf = vec![0u8; STEP];
+        let mut buf = PageBuf::new(STEP);
         let mut offset = 0u64;
-        let mut helper_reading = true;
         loop {
-            let len = buf
-                .len()
-                .min(usize::try_from(verifier.wanted()).unwrap_or(STEP));
-            let n = pread(&self.file, &mut buf[..len], offset as i64)
-                .with_context(|| format!("reading blob {}", self.digest))?;
+            let n = self.read_at(&mut buf[..wanted(&verifier, STEP)], offset)?;
             if n == 0 {
                 return Ok(verifier.finish()?);
             }
             verifier.update(&buf[..n])?;
-            if helper_reading {
-                match self.pass_on(offset, &buf[..n], pipe) {
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => helper_reading = false,
-                    other => other.context("writing the layer to the helper")?,
+            match self.pass_on(offset, &buf[..n], pipe) {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    return self.verify_rest(verifier, offset + n as u64);
                 }
+                other => other.context("writing the layer to the helper")?,
             }
             offset += n as u64;
+        }
+    }
+
+    /// Reads the blob, which is a tar stream, into the slots of a layer's ring and announces
+    /// each, verifying it on the way. As with [`Blob::send`], a reader that hangs up is not
+    /// an error here.
+    pub fn fill(&self, filler: &mut Filler, announcer: &mut Announcer) -> Result<()> {
+        let mut verifier = Verifier::new(&self.digest, self.size);
+        let mut offset = 0u64;
+        loop {
+            let filled = filler
+                .fill(|slot| {
+                    let len = wanted(&verifier, slot.len());
+                    self.read_at(&mut slot[..len], offset)
+                        .map_err(io::Error::other)
+                })
+                .with_context(|| format!("passing blob {} to the helper", self.digest))?;
+            let Some(filled) = filled else {
+                return self.verify_rest(verifier, offset);
+            };
+            if filled.is_empty() {
+                return Ok(verifier.finish()?);
+            }
+            let bytes = announcer.bytes(&filled);
+            verifier.update(bytes)?;
+            offset += bytes.len() as u64;
+            if announcer.announce(filled).is_err() {
+                return self.verify_rest(verifier, offset);
+            }
+        }
+    }
+
+    /// Verifies the rest of the blob, from `offset`, once its reader has hung up.
+    fn verify_rest(&self, mut verifier: Verifier, mut offset: u64) -> Result<()> {
+        let mut buf = PageBuf::new(STEP);
+        loop {
+            let n = self.read_at(&mut buf[..wanted(&verifier, STEP)], offset)?;
+            if n == 0 {
+                return Ok(verifier.finish()?);
+            }
+            verifier.update(&buf[..n])?;
+            offset += n as u64;
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        loop {
+            match pread(&self.file, buf, offset as i64) {
+                Err(Errno::EINTR) => {}
+                read => return read.with_context(|| format!("reading blob {}", self.digest)),
+            }
         }
     }
 
@@ -102,4 +186,19 @@ impl Blob {
         let sent = (from - offset as i64) as usize;
         pipe.write_all(&bytes[sent..])
     }
+}
+
+/// How much to read next, at most `limit`: one byte past the blob's declared end, to catch a
+/// longer blob.
+fn wanted(verifier: &Verifier, limit: usize) -> usize {
+    limit.min(usize::try_from(verifier.wanted()).unwrap_or(limit))
+}
+
+/// Makes `pipe` hold more, so that its two ends wake each other less often. Best effort: the
+/// user's pipe quota may not allow it.
+fn widen(pipe: &impl AsFd) {
+    let _ = nix::fcntl::fcntl(
+        pipe.as_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32),
+    );
 }

@@ -1,14 +1,18 @@
-//! The parent's side of the helper: find it, start it with a request, install its id maps,
-//! feed it a layer, and turn its one-line reply (or its death) into a result.
+//! The parent's side of the helper: find it, start it in a role, install its id maps, feed it
+//! a layer (through an inflater when the blob is compressed), and turn the one-line replies (or
+//! deaths) into a result.
 
 mod blob;
 mod idmap;
+mod verdict;
 
 pub use blob::Blob;
 pub use idmap::{IdMap, IdMapMode, IdRange, subordinate};
+pub use verdict::AppliedLayer;
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,10 +20,11 @@ use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::protocol::NeedsLowers;
 use crate::protocol::{
-    Applied, CONTROL_FD, Compression, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, Reply, Request,
+    CONTROL_FD, GIVEN_BACK_FD, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, RING_FD, Reply,
+    Request, Role,
 };
+use verdict::{Source, verdict};
 
 /// The most of the helper's reply that is read.
 const REPLY_LIMIT: u64 = 4 << 20;
@@ -98,38 +103,44 @@ impl Helper {
     }
 
     /// Applies the layer `blob` `onto` `root`, and to the directory `also_to` in the same
-    /// pass. An error sending `blob` (a digest or size mismatch, detected while streaming)
-    /// wins over what the helper made of the cut stream. A layer [`Onto::Parentless`] that
-    /// needs the layers below fails with [`NeedsLowers`].
+    /// pass, and returns the applier's account with the stream's diff ID. An error sending
+    /// `blob` (a digest or size mismatch, detected while streaming) wins over what the helpers
+    /// made of the cut stream. A layer [`Onto::Parentless`] that needs the layers below fails
+    /// with [`crate::protocol::NeedsLowers`].
     pub fn apply(
         &self,
         root: &Path,
         onto: Onto,
         also_to: Option<&Path>,
-        compression: Compression,
         blob: &Blob,
-    ) -> Result<Applied> {
-        self.start_apply(root, onto, also_to, compression)?
-            .set_up()?
-            .apply(blob)
+    ) -> Result<AppliedLayer> {
+        self.start_apply(root, onto, also_to)?.set_up()?.apply(blob)
     }
 
     /// [`Helper::apply`] in steps: a helper started now is set up (namespaces, id maps,
     /// lockdown; [`Started::set_up`]) and fed its layer ([`Started::apply`]) later, so that
     /// its start can overlap the layer before.
-    pub fn start_apply(
-        &self,
-        root: &Path,
-        onto: Onto,
-        also_to: Option<&Path>,
-        compression: Compression,
-    ) -> Result<Started> {
+    pub fn start_apply(&self, root: &Path, onto: Onto, also_to: Option<&Path>) -> Result<Started> {
         let op = Op::Apply {
-            compression,
             onto,
             also_to: also_to.map(Path::to_path_buf),
         };
-        self.start(self.request(root, op), true)
+        let (writable, readable) = strata_ring::create().context("creating the layer's ring")?;
+        let (announced, announce) = io::pipe().context("creating the ring's pipes")?;
+        let (given_back, give_back) = io::pipe().context("creating the ring's pipes")?;
+        let ring = [readable.as_raw_fd(), give_back.as_raw_fd()];
+        let mut started = self.start(
+            &self.job(root, op),
+            announced.into(),
+            Stdio::null(),
+            Some(ring),
+        )?;
+        started.ring = Some(RingEnds {
+            memory: writable,
+            announce: File::from(OwnedFd::from(announce)),
+            given_back: File::from(OwnedFd::from(given_back)),
+        });
+        Ok(started)
     }
 
     /// Copies the tree `sources` stands for (one directory, or the overlay of several, top
@@ -138,12 +149,12 @@ impl Helper {
         let op = Op::Copy {
             sources: sources.to_vec(),
         };
-        self.run(self.request(root, op), None).map(drop)
+        self.run(&self.job(root, op))
     }
 
     /// Empties `root` (whatever modes and owners its contents have).
     pub fn clear(&self, root: &Path) -> Result<()> {
-        self.run(self.request(root, Op::Clear), None).map(drop)
+        self.run(&self.job(root, Op::Clear))
     }
 
     /// Empties and removes `dir`; a missing `dir` is fine. An empty one needs no helper (so
@@ -161,36 +172,49 @@ impl Helper {
         std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
     }
 
-    fn request(&self, root: &Path, op: Op) -> Request {
-        Request {
+    fn job(&self, root: &Path, op: Op) -> Role {
+        Role::Job(Request {
             root: root.to_path_buf(),
             idmap: self.idmap,
             op,
+        })
+    }
+
+    /// Runs a job that takes no input and replies that it is done.
+    fn run(&self, role: &Role) -> Result<()> {
+        match self
+            .start(role, Stdio::null(), Stdio::null(), None)?
+            .set_up()?
+            .reply()?
+        {
+            Reply::Done { done: true } => Ok(()),
+            other => bail!("the helper gave an unexpected reply: {other:?}"),
         }
     }
 
-    fn run(&self, request: Request, input: Option<&Blob>) -> Result<Reply> {
-        self.start(request, input.is_some())?
-            .set_up()?
-            .finish(input)
-    }
-
-    /// Starts a helper for `request`; with `input`, once [set up](Started::set_up) it waits
-    /// for its layer on stdin. The calling thread must outlive the helper: the helper's
-    /// parent-death signal follows the thread that started it.
-    fn start(&self, request: Request, input: bool) -> Result<Started> {
+    /// Starts the helper program in `role`, reading `stdin` and writing `stdout`, with a
+    /// layer's `ring` (its memory and the pipe of slots given back) as fds [`RING_FD`] and
+    /// [`GIVEN_BACK_FD`]. The calling thread must outlive it: its parent-death signal follows
+    /// the thread that started it.
+    fn start(
+        &self,
+        role: &Role,
+        stdin: Stdio,
+        stdout: Stdio,
+        ring: Option<[RawFd; 2]>,
+    ) -> Result<Started> {
         let (results, results_writer) = io::pipe().context("creating the result pipe")?;
         let (control_reader, control) = io::pipe().context("creating the control pipe")?;
         let fds = [results_writer.as_raw_fd(), control_reader.as_raw_fd()];
         let mut command = Command::new(&self.program);
         command
-            .arg(serde_json::to_string(&request)?)
+            .arg(serde_json::to_string(role)?)
             .env_clear()
-            .stdin(if input { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::null())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped());
         // SAFETY: the hook makes only async-signal-safe syscalls (fcntl, dup2, prctl).
-        unsafe { command.pre_exec(move || install_fds(fds)) };
+        unsafe { command.pre_exec(move || install_fds(fds, ring)) };
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", self.program.display()))?;
@@ -202,10 +226,11 @@ impl Helper {
             text
         });
         Ok(Started {
+            helper: self.clone(),
+            ring: None,
             child,
             results,
             control: Some(control),
-            idmap: self.idmap,
             stderr_reader: Some(stderr_reader),
             map_error: None,
             finished: false,
@@ -213,14 +238,25 @@ impl Helper {
     }
 }
 
+/// The writer's ends of a layer's ring (see `strata-ring`): for an inflater, or for the parent
+/// itself when the blob is the tar stream.
+struct RingEnds {
+    memory: OwnedFd,
+    announce: File,
+    given_back: File,
+}
+
 /// A helper started (see [`Helper::start_apply`]). Dropped unfinished, it is killed: it must
 /// not take the end of its stdin for an empty layer.
 pub struct Started {
+    /// The program and id map it was started with.
+    helper: Helper,
+    /// For an apply job: the writer's ends of the ring it reads its layer from.
+    ring: Option<RingEnds>,
     child: Child,
     results: io::PipeReader,
     /// Until the helper is set up: how it learns that its id maps are written.
     control: Option<io::PipeWriter>,
-    idmap: IdMap,
     stderr_reader: Option<thread::JoinHandle<String>>,
     /// Writing its id maps failed: it cannot do anything, and this says why.
     map_error: Option<anyhow::Error>,
@@ -232,7 +268,7 @@ impl Started {
     /// subordinate ids (only a process outside the namespace can). Any thread may do this.
     pub fn set_up(mut self) -> Result<Started> {
         let mut control = self.control.take().expect("set up once");
-        if let IdMap::Subordinate { uids, gids } = self.idmap {
+        if let IdMap::Subordinate { uids, gids } = self.helper.idmap {
             let mut byte = [0u8];
             if self.results.read_exact(&mut byte).is_ok() && byte == MAPS_WANTED {
                 match write_id_maps(self.child.id(), uids, gids) {
@@ -247,23 +283,47 @@ impl Started {
     }
 
     /// Feeds the set-up helper the layer `blob` and returns its account of it (see
-    /// [`Helper::apply`]).
-    pub fn apply(self, blob: &Blob) -> Result<Applied> {
-        match self.finish(Some(blob))? {
-            Reply::Applied(applied) => Ok(applied),
-            Reply::NeedsLowers { needs_lowers } => Err(NeedsLowers(needs_lowers).into()),
-            other => Err(anyhow!(
-                "helper gave an unexpected reply to apply: {other:?}"
-            )),
-        }
+    /// [`Helper::apply`]). A compressed blob goes through an inflater started now, which
+    /// writes the tar stream into the helper's stdin and hashes it; an uncompressed one goes
+    /// straight in, and its digest, checked on the way, is the diff ID.
+    pub fn apply(mut self, blob: &Blob) -> Result<AppliedLayer> {
+        let ring = self.ring.take().context("the helper takes no layer")?;
+        let (source, sent) = if blob.needs_inflating()? {
+            let role = Role::Inflate(blob.compression());
+            let fds = [ring.memory.as_raw_fd(), ring.given_back.as_raw_fd()];
+            let mut inflater =
+                self.helper
+                    .start(&role, Stdio::piped(), ring.announce.into(), Some(fds))?;
+            drop((ring.memory, ring.given_back));
+            let mut compressed = inflater
+                .child
+                .stdin
+                .take()
+                .context("the inflater's stdin")?;
+            let sent = blob.send(&mut compressed);
+            drop(compressed);
+            // Read first: the inflater's reply is small and comes once its output is taken,
+            // before the applier's, which may be large and waits for that output's end.
+            (Source::Inflater(inflater.reply()), sent)
+        } else {
+            let sent = strata_ring::writer(&ring.memory, ring.announce, ring.given_back)
+                .context("mapping the layer's ring")
+                .and_then(|(mut filler, mut announcer)| blob.fill(&mut filler, &mut announcer));
+            let source = Source::Blob {
+                digest: blob.digest().clone(),
+                size: blob.size(),
+            };
+            (source, sent)
+        };
+        let applier = self.reply();
+        sent?;
+        verdict(source, applier)
     }
 
-    fn finish(mut self, input: Option<&Blob>) -> Result<Reply> {
+    /// Waits for the helper's one reply and its exit: the reply, unless it is an error or the
+    /// helper died without one. A failure to write its id maps comes first.
+    fn reply(mut self) -> Result<Reply> {
         self.finished = true;
-        let feed_error = match (input, self.child.stdin.take()) {
-            (Some(blob), Some(mut stdin)) => blob.send(&mut stdin).err(),
-            _ => None,
-        };
         // The reply is one line (skipped paths are capped at a thousand, names in it at 256
         // bytes): more than REPLY_LIMIT is a helper gone wrong, not to be read whole.
         let mut reply = String::new();
@@ -280,7 +340,7 @@ impl Started {
             .and_then(|reader| reader.join().ok())
             .unwrap_or_default();
 
-        if let Some(err) = self.map_error.take().or(feed_error) {
+        if let Some(err) = self.map_error.take() {
             return Err(err);
         }
         read.context("reading the helper's reply")?;
@@ -289,6 +349,8 @@ impl Started {
         }
         match serde_json::from_str::<Reply>(reply.trim()) {
             Ok(Reply::Error { error }) => Err(anyhow!(error)),
+            // A failure, told once the other process's account is in (see `verdict`).
+            Ok(reply @ Reply::CutShort { .. }) => Ok(reply),
             Ok(reply) if status.success() => Ok(reply),
             _ => Err(anyhow!(died(status, &stderr))),
         }
@@ -304,10 +366,11 @@ impl Drop for Started {
     }
 }
 
-/// In the child between fork and exec: the result pipe becomes fd 3 and the control pipe fd 4
-/// (first moved out of the way, as either may already sit on the other's number), and the
-/// helper is set to die with strata, so a killed run leaves no process writing its store.
-fn install_fds(fds: [i32; 2]) -> io::Result<()> {
+/// In the child between fork and exec: the result pipe becomes fd 3 and the control pipe fd 4,
+/// a ring's memory and given-back pipe fds 5 and 6 (each first moved out of the way, as any
+/// may already sit on another's number), and the helper is set to die with strata, so a
+/// killed run leaves no process writing its store.
+fn install_fds(fds: [RawFd; 2], ring: Option<[RawFd; 2]>) -> io::Result<()> {
     let check = |rc: i32| {
         if rc < 0 {
             Err(io::Error::last_os_error())
@@ -317,13 +380,19 @@ fn install_fds(fds: [i32; 2]) -> io::Result<()> {
     };
     // SAFETY: plain syscalls on descriptors this child owns.
     unsafe {
-        let high = [
-            check(libc::fcntl(fds[0], libc::F_DUPFD_CLOEXEC, 10))?,
-            check(libc::fcntl(fds[1], libc::F_DUPFD_CLOEXEC, 10))?,
-        ];
+        let high = |fd| check(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10));
+        let pipes = [high(fds[0])?, high(fds[1])?];
+        let ring = match ring {
+            Some([memory, given_back]) => Some([high(memory)?, high(given_back)?]),
+            None => None,
+        };
         // dup2 clears close-on-exec on the new descriptor.
-        check(libc::dup2(high[0], RESULT_FD))?;
-        check(libc::dup2(high[1], CONTROL_FD))?;
+        check(libc::dup2(pipes[0], RESULT_FD))?;
+        check(libc::dup2(pipes[1], CONTROL_FD))?;
+        if let Some([memory, given_back]) = ring {
+            check(libc::dup2(memory, RING_FD))?;
+            check(libc::dup2(given_back, GIVEN_BACK_FD))?;
+        }
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
     }
     Ok(())

@@ -27,8 +27,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::protocol::{Applied, Compression, Onto, Overlay, Skipped};
-use crate::sandbox::{Blob, Helper, IdMap};
+use crate::protocol::{Onto, Overlay, Skipped};
+use crate::sandbox::{AppliedLayer, Blob, Helper, IdMap};
 pub use images::ImageRecord;
 
 /// `STORE/store.json`: what holds for every snapshot in the store.
@@ -252,13 +252,7 @@ impl Store {
             let merged = probe.merged();
             Ok(self
                 .helper
-                .apply(
-                    &merged,
-                    Onto::Overlay(overlay),
-                    None,
-                    Compression::None,
-                    &empty_layer,
-                )
+                .apply(&merged, Onto::Overlay(overlay), None, &empty_layer)
                 .map(drop))
         })();
         // Part by part: if the helper cannot even start, the parts are empty and need none.
@@ -380,9 +374,8 @@ impl Store {
         active: &Active,
         parent: Option<&Digest>,
         also_to: Option<&Path>,
-        compression: Compression,
         blob: &Blob,
-    ) -> Result<Applied> {
+    ) -> Result<AppliedLayer> {
         match (self.snapshotter, parent) {
             (Snapshotter::Overlay, Some(parent)) => {
                 let overlay = Overlay {
@@ -392,11 +385,9 @@ impl Store {
                 };
                 let merged = active.merged();
                 self.helper
-                    .apply(&merged, Onto::Overlay(overlay), also_to, compression, blob)
+                    .apply(&merged, Onto::Overlay(overlay), also_to, blob)
             }
-            _ => self
-                .helper
-                .apply(&active.fs(), Onto::Plain, also_to, compression, blob),
+            _ => self.helper.apply(&active.fs(), Onto::Plain, also_to, blob),
         }
     }
 
@@ -409,18 +400,13 @@ impl Store {
     /// overlay snapshot of a layer whose parents are not there yet: committed on top of them
     /// later, it holds what it would have held applied on top of them. Fails with
     /// [`crate::protocol::NeedsLowers`] when that cannot be known without them.
-    pub fn apply_parentless(
-        &self,
-        active: &Active,
-        compression: Compression,
-        blob: &Blob,
-    ) -> Result<Applied> {
+    pub fn apply_parentless(&self, active: &Active, blob: &Blob) -> Result<AppliedLayer> {
         assert!(
             self.parentless_capable(),
             "only overlay snapshots can be parentless"
         );
         self.helper
-            .apply(&active.fs(), Onto::Parentless, None, compression, blob)
+            .apply(&active.fs(), Onto::Parentless, None, blob)
     }
 
     /// Publishes `active` under `info.chain_id`. A snapshot another run committed first wins:

@@ -10,6 +10,12 @@ use crate::{Digest, IdMap};
 pub const RESULT_FD: i32 = 3;
 /// The fd on which the helper reads the parent's word that its id maps are written.
 pub const CONTROL_FD: i32 = 4;
+/// The fd of a layer's ring (see `strata-ring`): shared memory the inflater (or strata) writes
+/// the tar stream into and the applier reads it from, read-only. Its slots are announced on
+/// the applier's stdin (the inflater's stdout).
+pub const RING_FD: i32 = 5;
+/// The fd on which the applier gives the ring's slots back to their writer.
+pub const GIVEN_BACK_FD: i32 = 6;
 /// With subordinate ids, the helper writes this byte on [`RESULT_FD`] once it has unshared
 /// (before its reply), and waits for [`MAPS_READY`] on [`CONTROL_FD`]: only a process outside
 /// the namespace can run `newuidmap` for it.
@@ -17,7 +23,21 @@ pub const MAPS_WANTED: [u8; 1] = *b"M";
 /// The parent's word on [`CONTROL_FD`] that the helper's id maps are written.
 pub const MAPS_READY: [u8; 1] = *b"R";
 
-/// One job for the helper.
+/// The helper program's one argument: which of its two roles a process plays.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The inflater: decompress the layer on stdin into the ring on [`RING_FD`] (announcing
+    /// its slots on stdout) and hash what comes out, holding nothing but those and the result
+    /// pipe. It answers [`Reply::Inflated`] (or [`Reply::HungUp`]), so that the diff ID never
+    /// comes from the process that parses tar and writes files. The value is what the layer's
+    /// media type declares.
+    Inflate(Compression),
+    /// A job in the sandbox.
+    Job(Request),
+}
+
+/// One job for the helper in its sandbox.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Request {
     /// The directory the helper pivots into: the only tree it may write.
@@ -60,12 +80,11 @@ pub struct Overlay {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
-    /// Apply the layer on stdin `onto` `root`, with OCI whiteout semantics; with `also_to`,
-    /// to that directory as well, in the same pass (a store's cold run fills DEST while it
-    /// fills the snapshot, rather than copying it afterwards).
+    /// Apply the tar stream in the ring on [`RING_FD`] `onto` `root`, with OCI whiteout semantics; with
+    /// `also_to`, to that directory as well, in the same pass (a store's cold run fills DEST
+    /// while it fills the snapshot, rather than copying it afterwards). The stream is read to
+    /// its end, past tar's end block, and its length is part of the reply.
     Apply {
-        /// What the layer's media type declares.
-        compression: Compression,
         /// Where the layer goes.
         onto: Onto,
         /// A second tree, written in the same pass.
@@ -82,7 +101,7 @@ pub enum Op {
     Clear,
 }
 
-/// The compression a layer's media type declares. The helper checks it against the stream's
+/// The compression a layer's media type declares. The inflater checks it against the stream's
 /// magic bytes; `Detect` (Docker's `…diff.tar`) accepts whatever the magic says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +116,35 @@ pub enum Compression {
     Detect,
 }
 
+impl Compression {
+    /// What the first bytes of a stream say it is. zstd skippable frames (`0x184D2A5?` little
+    /// endian) open zstd:chunked layers.
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&GZIP_MAGIC) {
+            Compression::Gzip
+        } else if head.starts_with(&ZSTD_MAGIC)
+            || (head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18])
+        {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    /// How many bytes [`Compression::sniff`] looks at.
+    pub const MAGIC_LEN: usize = 4;
+
+    /// The stream a blob holds, declared `self`, with `head` its first bytes, needs an
+    /// inflater: it is declared compressed, or its magic says so.
+    pub fn needs_inflating(self, head: &[u8]) -> bool {
+        matches!(self, Compression::Gzip | Compression::Zstd)
+            || Compression::sniff(head) != Compression::None
+    }
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
 /// A path the helper could not reproduce, and why (device nodes, forbidden xattrs).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skipped {
@@ -106,20 +154,28 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// The helper's account of one applied layer.
+/// The applier's account of one applied layer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Applied {
-    /// SHA-256 of the whole uncompressed stream.
-    pub diff_id: Digest,
     /// Tar entries read.
     pub entries: u64,
-    /// Uncompressed bytes, trailing data included.
+    /// Bytes of the stream read, trailing data included: the parent checks them against the
+    /// inflater's count (or the blob's size).
     pub bytes: u64,
     /// What could not be reproduced: the first thousand paths, in entry order,
     pub skipped: Vec<Skipped>,
     /// and how many more there were.
     #[serde(default)]
     pub skipped_omitted: u64,
+}
+
+/// The inflater's account of a whole layer stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inflated {
+    /// SHA-256 of the uncompressed stream.
+    pub diff_id: Digest,
+    /// Its length.
+    pub bytes: u64,
 }
 
 /// The helper's one answer.
@@ -133,6 +189,19 @@ pub enum Reply {
     },
     /// A layer was applied.
     Applied(Applied),
+    /// The inflater's account: the layer's stream was written out whole.
+    Inflated(Inflated),
+    /// The inflater's account when the applier stopped reading: how many bytes it took.
+    HungUp {
+        /// Bytes written before the applier hung up.
+        hung_up_after: u64,
+    },
+    /// The applier's failure when its stream ended inside the archive: either the archive is
+    /// cut short, or the inflater failed, whose error then explains this one.
+    CutShort {
+        /// The applier's error, in one line.
+        cut_short: String,
+    },
     /// A copy or clear is done.
     Done {
         /// Always true.
@@ -151,3 +220,36 @@ pub enum Reply {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NeedsLowers(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_needs_inflating() {
+        let gzip = [0x1f, 0x8b, 8, 0];
+        let zstd = [0x28, 0xb5, 0x2f, 0xfd];
+        let skippable = [0x5e, 0x2a, 0x4d, 0x18];
+        let tar = *b"etc/";
+        for (declared, head, sniffed, needs) in [
+            (Compression::None, &tar[..], Compression::None, false),
+            (Compression::Detect, &tar[..], Compression::None, false),
+            (Compression::None, &[][..], Compression::None, false),
+            // Declared compressed: the inflater checks the magic and refuses.
+            (Compression::Gzip, &tar[..], Compression::None, true),
+            (Compression::Zstd, &tar[..], Compression::None, true),
+            // Docker's `diff.tar` is often gzip.
+            (Compression::None, &gzip[..], Compression::Gzip, true),
+            (Compression::Detect, &zstd[..], Compression::Zstd, true),
+            (Compression::Detect, &skippable[..], Compression::Zstd, true),
+            (Compression::Gzip, &gzip[..1], Compression::None, true),
+        ] {
+            assert_eq!(Compression::sniff(head), sniffed, "{head:x?}");
+            assert_eq!(
+                declared.needs_inflating(head),
+                needs,
+                "{declared:?} {head:x?}"
+            );
+        }
+    }
+}

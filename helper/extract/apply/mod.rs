@@ -46,6 +46,7 @@ use links::LinkGroups;
 use meta::{Meta, ModeBits, XattrKind};
 use parentless::{OPAQUE_NOT_MADE, mark_opaque, needs_lowers};
 use strata_protocol::Skipped;
+use strata_ring::PageBuf;
 
 /// The directory the last entry went into.
 struct ParentDir {
@@ -104,7 +105,7 @@ pub struct Applier<'a> {
     link_groups: HashMap<Option<usize>, LinkGroups>,
     /// What could not be reproduced, by entry number.
     skipped: SkippedList,
-    buf: Vec<u8>,
+    buf: PageBuf,
     buffers: Buffers,
 }
 
@@ -124,7 +125,7 @@ impl<'a> Applier<'a> {
             overlay_seen: PathSet::default(),
             link_groups: HashMap::new(),
             skipped: SkippedList::default(),
-            buf: vec![0; 256 * 1024],
+            buf: PageBuf::new(256 * 1024),
             buffers: Buffers::default(),
         }
     }
@@ -453,7 +454,7 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         let len = header.size as usize;
-        let mut contents = self.buffers.take(len);
+        let mut contents = self.buffers.take();
         data.read_exact(&mut contents[..len])?;
         let (parent, owned_path, mapped_ids) =
             (parent.clone(), path.to_path_buf(), self.mapped_ids);

@@ -5,32 +5,17 @@ use std::io::{self, BufRead, Cursor, Read};
 
 use strata_protocol::Compression;
 
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-/// What the first bytes of a stream say it is. zstd skippable frames (`0x184D2A5?` little
-/// endian) open zstd:chunked layers.
-pub fn sniff(head: &[u8]) -> Compression {
-    if head.starts_with(&GZIP_MAGIC) {
-        Compression::Gzip
-    } else if head.starts_with(&ZSTD_MAGIC)
-        || (head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18])
-    {
-        Compression::Zstd
-    } else {
-        Compression::None
-    }
-}
-
 /// The decompressed stream. `declared` gzip or zstd must match the magic; an uncompressed
 /// declaration accepts compressed data too (Docker's `…diff.tar` is often gzip).
 pub fn decoder<'a>(
     mut input: impl BufRead + Send + 'a,
     declared: Compression,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
-    let mut head = Vec::with_capacity(4);
-    (&mut input).take(4).read_to_end(&mut head)?;
-    let found = sniff(&head);
+    let mut head = Vec::with_capacity(Compression::MAGIC_LEN);
+    (&mut input)
+        .take(Compression::MAGIC_LEN as u64)
+        .read_to_end(&mut head)?;
+    let found = Compression::sniff(&head);
     if matches!(declared, Compression::Gzip | Compression::Zstd) && found != declared {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -63,8 +48,8 @@ fn name(compression: Compression) -> &'static str {
     }
 }
 
-/// Rewords decoder errors so that, surfacing through the tar parser, they still say which
-/// decoder failed and that the stream (not the disk) is at fault.
+/// Rewords decoder errors so that they say which decoder failed and that the stream (not the
+/// disk) is at fault.
 struct Labeled<R> {
     inner: R,
     label: &'static str,
@@ -78,36 +63,8 @@ impl<R: Read> Read for Labeled<R> {
             } else {
                 "corrupt"
             };
-            let message = format!("{} stream is {what}: {e}", self.label);
-            io::Error::new(e.kind(), StreamError(message))
+            io::Error::new(e.kind(), format!("{} stream is {what}: {e}", self.label))
         })
-    }
-}
-
-/// A decoder's complaint about the compressed stream, told apart from tar's complaints about
-/// the decompressed one.
-#[derive(Debug)]
-struct StreamError(String);
-
-impl std::fmt::Display for StreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StreamError {}
-
-pub fn is_stream_error(err: &io::Error) -> bool {
-    err.get_ref().is_some_and(|inner| inner.is::<StreamError>())
-}
-
-/// An equal error for another reader of the same stream (io::Error is not Clone).
-pub fn duplicate(err: &io::Error) -> io::Error {
-    let message = err.to_string();
-    if is_stream_error(err) {
-        io::Error::new(err.kind(), StreamError(message))
-    } else {
-        io::Error::new(err.kind(), message)
     }
 }
 
