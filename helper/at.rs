@@ -341,6 +341,9 @@ fn read_sized(call: impl Fn(*mut u8, usize) -> isize) -> Result<Vec<u8>> {
         if size < 0 {
             return Err(io::Error::last_os_error());
         }
+        if size == 0 {
+            return Ok(Vec::new());
+        }
         let mut buf = vec![0u8; size as usize];
         let got = call(buf.as_mut_ptr(), buf.len());
         if got >= 0 {

@@ -41,9 +41,11 @@ const MAX_WAITING_DIRS: usize = 256;
 /// comes after, in this thread: files with several names (a later name links to the first
 /// copy), then directory modes and times, deepest first (creating children changes them).
 pub fn copy(source: BorrowedFd, dest: BorrowedFd) -> Result<()> {
+    let via = Via::between(source, dest)?;
     let queue = Queue {
         source,
         dest,
+        via,
         state: Mutex::new(QueueState {
             waiting: vec![PathBuf::new()],
             busy: 0,
@@ -67,7 +69,7 @@ pub fn copy(source: BorrowedFd, dest: BorrowedFd) -> Result<()> {
     if let Some(err) = queue.state.into_inner().expect("workers are done").failure {
         return Err(err);
     }
-    copy_linked(source, dest, later.linked)?;
+    copy_linked(source, dest, via, later.linked)?;
     finish_dirs(dest, later.dirs)
 }
 
@@ -79,6 +81,7 @@ pub fn clear(dir: BorrowedFd) -> Result<()> {
 struct Queue<'a> {
     source: BorrowedFd<'a>,
     dest: BorrowedFd<'a>,
+    via: Via,
     state: Mutex<QueueState>,
     changed: Condvar,
 }
@@ -205,7 +208,7 @@ impl Queue<'_> {
                 if st.st_nlink > 1 {
                     later.linked.push((path.clone(), st));
                 } else {
-                    copy_leaf(from, to, &name, &st)?;
+                    copy_leaf(from, to, &name, &st, self.via)?;
                 }
                 Ok(false)
             })()
@@ -223,6 +226,7 @@ impl Queue<'_> {
 fn copy_linked(
     source: BorrowedFd,
     dest: BorrowedFd,
+    via: Via,
     mut linked: Vec<(PathBuf, FileStat)>,
 ) -> Result<()> {
     linked.sort_by(|a, b| a.0.cmp(&b.0));
@@ -237,7 +241,7 @@ fn copy_linked(
                 }
                 None => {
                     let from = at::resolve_real_dir(source, parent)?;
-                    copy_leaf(from.as_fd(), to.as_fd(), name, &st)?;
+                    copy_leaf(from.as_fd(), to.as_fd(), name, &st, via)?;
                     first_copies.insert((st.st_dev, st.st_ino), path.clone());
                 }
             }
@@ -274,7 +278,13 @@ fn kind(st: &FileStat) -> SFlag {
 }
 
 /// Copies a file, symlink or FIFO.
-fn copy_leaf(from: BorrowedFd, to: BorrowedFd, name: &OsStr, st: &FileStat) -> Result<()> {
+fn copy_leaf(
+    from: BorrowedFd,
+    to: BorrowedFd,
+    name: &OsStr,
+    st: &FileStat,
+    via: Via,
+) -> Result<()> {
     match kind(st) {
         SFlag::S_IFREG => {
             let src = File::from(openat(
@@ -302,7 +312,7 @@ fn copy_leaf(from: BorrowedFd, to: BorrowedFd, name: &OsStr, st: &FileStat) -> R
                 flags,
                 Mode::from_bits_truncate(create_mode),
             )?);
-            copy_contents(&src, &dst, st.st_size as u64)?;
+            copy_contents(&src, &dst, st, via)?;
             finish_fd(dst.as_fd(), st, at::xattrs(src.as_fd())?, !mode_at_create)?;
         }
         SFlag::S_IFLNK => {
@@ -329,11 +339,38 @@ fn shown(path: &Path) -> String {
     }
 }
 
+/// How contents are copied, in the kernel: chosen once per copy, as it depends only on the
+/// two trees' filesystems.
+#[derive(Clone, Copy)]
+enum Via {
+    /// Within a filesystem: `copy_file_range`, which reflinks where the filesystem can.
+    CopyFileRange,
+    /// Between filesystems (a snapshot read through an overlay mount): `sendfile`, page cache
+    /// to page cache. It writes at the destination's file position.
+    Sendfile,
+}
+
+impl Via {
+    fn between(source: BorrowedFd, dest: BorrowedFd) -> Result<Via> {
+        let device = |fd| nix::sys::stat::fstat(fd).map(|st| st.st_dev);
+        Ok(match device(source)? == device(dest)? {
+            true => Via::CopyFileRange,
+            false => Via::Sendfile,
+        })
+    }
+}
+
 /// Copies a file's contents: only where it has data, so that holes stay holes (a sparse
-/// file of 60 GB costs no more in a copy than in its layer).
-fn copy_contents(src: &File, dst: &File, size: u64) -> Result<()> {
-    dst.set_len(size)?;
+/// file of 60 GB costs no more in a copy than in its layer). A file whose blocks cover its
+/// length has no holes to look for.
+fn copy_contents(src: &File, dst: &File, st: &FileStat, via: Via) -> Result<()> {
+    let size = st.st_size as u64;
+    if st.st_blocks as u64 * 512 >= size {
+        return copy_range(src, dst, 0, size, via);
+    }
     let mut offset = 0;
+    // Where the data copied so far ends: past it, only a hole needs the length set.
+    let mut written = 0;
     while offset < size {
         let data = match lseek(src, offset as i64, Whence::SeekData) {
             Ok(data) => data as u64,
@@ -348,52 +385,52 @@ fn copy_contents(src: &File, dst: &File, size: u64) -> Result<()> {
             Err(Errno::EINVAL | Errno::EOPNOTSUPP) => size,
             Err(e) => return Err(e.into()),
         };
-        copy_range(src, dst, data, hole.saturating_sub(data))?;
+        copy_range(src, dst, data, hole.saturating_sub(data), via)?;
+        written = written.max(hole);
         offset = hole.max(data + 1);
+    }
+    if written < size {
+        dst.set_len(size)?;
     }
     Ok(())
 }
 
-/// Copies `len` bytes at `offset` from `src` to the same place in `dst`, in the kernel:
-/// `copy_file_range` (which reflinks where the filesystem can), or, between filesystems it
-/// does not cross (a snapshot read through an overlay mount), `sendfile`.
-fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> Result<()> {
+/// Copies `len` bytes at `offset` from `src` to the same place in `dst`, a new file, `via`
+/// the call that can; by hand if the kernel cannot copy these two files.
+fn copy_range(src: &File, dst: &File, offset: u64, len: u64, via: Via) -> Result<()> {
+    if via_kernel(src, dst, offset, len, via)? {
+        return Ok(());
+    }
+    copy_range_by_hand(src, dst, offset, len)
+}
+
+/// [`copy_range`] in the kernel; `false` if it cannot copy these files.
+fn via_kernel(src: &File, dst: &File, offset: u64, len: u64, via: Via) -> Result<bool> {
+    // A new file's position is 0: after the first range, it must be moved.
+    if matches!(via, Via::Sendfile) && offset > 0 {
+        lseek(dst, offset as i64, Whence::SeekSet)?;
+    }
     let (mut from, mut to) = (offset as i64, offset as i64);
     let end = (offset + len) as i64;
     while from < end {
         let chunk = ((end - from) as u64).min(1 << 30) as usize;
-        match copy_file_range(src, Some(&mut from), dst, Some(&mut to), chunk) {
+        let copied = match via {
+            Via::CopyFileRange => copy_file_range(src, Some(&mut from), dst, Some(&mut to), chunk),
+            Via::Sendfile => sendfile(dst, src, Some(&mut from), chunk),
+        };
+        match copied {
             Ok(0) => break, // The source shrank: copy what there is.
             Ok(_) => {}
             Err(Errno::EINTR) => {}
-            Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                return send_range(src, dst, from as u64, (end - from) as u64);
+            Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP)
+                if from == offset as i64 =>
+            {
+                return Ok(false);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
-}
-
-/// [`copy_range`] through `sendfile`, which copies between any two filesystems, page cache
-/// to page cache. It writes at `dst`'s file position.
-fn send_range(src: &File, dst: &File, offset: u64, len: u64) -> Result<()> {
-    lseek(dst, offset as i64, Whence::SeekSet)?;
-    let mut from = offset as i64;
-    let end = (offset + len) as i64;
-    while from < end {
-        let chunk = ((end - from) as u64).min(1 << 30) as usize;
-        match sendfile(dst, src, Some(&mut from), chunk) {
-            Ok(0) => break, // The source shrank: copy what there is.
-            Ok(_) => {}
-            Err(Errno::EINTR) => {}
-            Err(Errno::EINVAL | Errno::ENOSYS) => {
-                return copy_range_by_hand(src, dst, from as u64, (end - from) as u64);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    Ok(true)
 }
 
 fn copy_range_by_hand(src: &File, dst: &File, mut offset: u64, len: u64) -> Result<()> {
