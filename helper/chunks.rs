@@ -3,7 +3,7 @@
 //! thread of its own. A slot goes back to its writer once every reader is done with it, so
 //! memory stays bounded whatever the stream's length.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -70,24 +70,36 @@ impl ChunkReader {
 
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(slot) = &self.slot
-                && self.offset < slot.len()
-            {
-                let n = buf.len().min(slot.len() - self.offset);
-                buf[..n].copy_from_slice(&slot[self.offset..self.offset + n]);
-                self.offset += n;
-                return Ok(n);
-            }
+        let available = self.fill_buf()?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The slot being read, in place: a file's contents are written straight out of the ring.
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self
+            .slot
+            .as_ref()
+            .is_none_or(|slot| self.offset == slot.len())
+        {
             // Given back before the next one is awaited.
             self.slot = None;
             match self.slots.recv() {
                 Ok(Ok(slot)) => (self.slot, self.offset) = (Some(slot), 0),
                 Ok(Err(err)) => return Err(duplicate(&err)),
                 // The stream is read whole: its end.
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(&[]),
             }
         }
+        Ok(self.slot.as_ref().map_or(&[], |slot| &slot[self.offset..]))
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.offset += amount;
     }
 }
 

@@ -37,9 +37,10 @@ const MAX_WAITING_DIRS: usize = 256;
 /// the copy, owners, modes, times and xattrs. Nothing is shared with `source`, so the copy can
 /// be changed without touching it. Symlinks are copied, never followed.
 ///
-/// Threads share the directories still to copy. What needs the rest of the tree in place
-/// comes after, in this thread: files with several names (a later name links to the first
-/// copy), then directory modes and times, deepest first (creating children changes them).
+/// Threads share the directories still to copy; a thread sets a directory's metadata once it
+/// has made its entries. What needs the rest of the tree in place comes after, in this thread:
+/// files with several names (a later name links to the first copy), then the metadata of the
+/// directories that hold them, deepest first.
 pub fn copy(source: BorrowedFd, dest: BorrowedFd) -> Result<()> {
     let via = Via::between(source, dest)?;
     let queue = Queue {
@@ -98,7 +99,8 @@ struct QueueState {
 /// What a thread left for after the parallel part.
 #[derive(Default)]
 struct Later {
-    /// Directories copied, with their source's metadata and xattrs.
+    /// Directories holding files with several names, with their source's metadata and
+    /// xattrs.
     dirs: Vec<(PathBuf, FileStat, Xattrs)>,
     /// Non-directories with more than one name.
     linked: Vec<(PathBuf, FileStat)>,
@@ -172,14 +174,22 @@ impl Queue<'_> {
                 Ok((from, at::open_real_dir(self.dest, &path)?))
             })()
             .with_context(|| format!("opening {}", shown(&path)))?;
-            // The root's own metadata belongs to DEST.
-            if !path.as_os_str().is_empty() {
-                let copying = || format!("copying {}", path.display());
-                let st = nix::sys::stat::fstat(&from).with_context(copying)?;
-                let xattrs = at::xattrs(from.as_fd()).with_context(copying)?;
-                later.dirs.push((path.clone(), st, xattrs));
-            }
+            let linked_before = later.linked.len();
             self.copy_dir(from.as_fd(), to.as_fd(), &path, later, &mut kept)?;
+            // The root's own metadata belongs to DEST.
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            let copying = || format!("copying {}", path.display());
+            let st = nix::sys::stat::fstat(&from).with_context(copying)?;
+            let xattrs = at::xattrs(from.as_fd()).with_context(copying)?;
+            // Its entries are all made, unless some have several names (made at the end):
+            // nothing changes its times any more, and it is still open.
+            if later.linked.len() == linked_before {
+                finish_fd(to.as_fd(), &st, xattrs, true).with_context(copying)?;
+            } else {
+                later.dirs.push((path, st, xattrs));
+            }
         }
         Ok(())
     }
@@ -252,7 +262,7 @@ fn copy_linked(
     Ok(())
 }
 
-/// Directory owners, modes, xattrs and times, deepest first.
+/// Directory owners, modes, xattrs and times, deepest first (creating children changes them).
 fn finish_dirs(dest: BorrowedFd, mut dirs: Vec<(PathBuf, FileStat, Xattrs)>) -> Result<()> {
     dirs.sort_by(|a, b| b.0.cmp(&a.0));
     for (path, st, xattrs) in dirs {

@@ -2,7 +2,7 @@
 //! applied to the entry they precede, and each entry's data is read, or skipped, through the
 //! reader.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use crate::block::{self, BLOCK, Block, Format};
 use crate::error::Error;
@@ -273,32 +273,71 @@ impl<R: Read> Archive<R> {
     }
 
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        let read = self.readable().and_then(|readable| {
+            let want = buf
+                .len()
+                .min(usize::try_from(readable).unwrap_or(usize::MAX));
+            if want == 0 {
+                return Ok(0);
+            }
+            let read = self.read_data_raw(&mut buf[..want])?;
+            self.advance_mapped(read);
+            Ok(read)
+        });
+        self.fail_on(read)
+    }
+
+    /// How many bytes of the current entry's data may be read next (0 at its end): what is
+    /// left of its data section, and of a sparse file, no more than its map still places.
+    fn readable(&self) -> Result<u64, Error> {
         if self.state == State::Failed {
             return Err(Error::Stopped);
         }
-        let read = self.read_entry_data(buf);
-        if read.is_err() {
-            self.state = State::Failed;
-        }
-        read
-    }
-
-    fn read_entry_data(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let Some(mapped_left) = self.mapped_left else {
-            return self.read_data_raw(buf);
+            return Ok(self.data_left);
         };
         match (mapped_left, self.data_left) {
-            (0, 0) => return Ok(0),
-            (0, _) => return Err(Error::UnreferencedData),
-            (_, 0) => return Err(Error::MissingData),
-            _ => {}
+            (0, 0) => Ok(0),
+            (0, _) => Err(Error::UnreferencedData),
+            (_, 0) => Err(Error::MissingData),
+            (mapped, data) => Ok(mapped.min(data)),
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(mapped_left).unwrap_or(usize::MAX));
-        let read = self.read_data_raw(&mut buf[..want])?;
-        self.mapped_left = Some(mapped_left - read as u64);
-        Ok(read)
+    }
+
+    fn advance_mapped(&mut self, read: usize) {
+        if let Some(mapped_left) = &mut self.mapped_left {
+            *mapped_left -= read as u64;
+        }
+    }
+
+    /// Passes `result` on; an error stops reading for good, as in Go.
+    fn fail_on<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if result.is_err() {
+            self.state = State::Failed;
+        }
+        result
+    }
+}
+
+impl<R: BufRead> Archive<R> {
+    /// How many bytes of the current entry's data the stream's buffer holds now, at most
+    /// `readable`; reads more into it if it is empty.
+    fn buffered_data(&mut self) -> Result<usize, Error> {
+        let readable = self.readable()?;
+        if readable == 0 {
+            return Ok(0);
+        }
+        let buffered = loop {
+            match self.inner.fill_buf() {
+                Ok(buf) => break buf.len(),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err.into()),
+            }
+        };
+        if buffered == 0 {
+            return Err(Error::Truncated("an entry's data"));
+        }
+        Ok(buffered.min(usize::try_from(readable).unwrap_or(usize::MAX)))
     }
 }
 
@@ -309,6 +348,26 @@ pub struct Data<'a, R>(&'a mut Archive<R>);
 impl<R: Read> Read for Data<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Ok(self.0.read_data(buf)?)
+    }
+}
+
+/// Over a buffered stream, the data can be read in place: in the stream's own buffer, without
+/// a copy.
+impl<R: BufRead> BufRead for Data<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let buffered = self.0.buffered_data();
+        let len = self.0.fail_on(buffered)?;
+        if len == 0 {
+            return Ok(&[]);
+        }
+        // The same bytes again, now buffered: no reading.
+        Ok(&self.0.inner.fill_buf()?[..len])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.0.inner.consume(amount);
+        self.0.data_left -= amount as u64;
+        self.0.advance_mapped(amount);
     }
 }
 
@@ -360,5 +419,52 @@ mod tests {
         assert!(err.to_string().contains("more data than its map"), "{err}");
         assert!(matches!(archive.next_header(), Err(Error::Stopped)));
         assert!(archive.data().read(&mut [0; 8]).is_err());
+    }
+
+    /// Reads the current entry's data in place, as `copy_data` does.
+    fn read_in_place(data: &mut impl BufRead) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let buf = data.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(out);
+            }
+            let n = buf.len().min(3);
+            out.extend_from_slice(&buf[..n]);
+            data.consume(n);
+        }
+    }
+
+    #[test]
+    fn data_read_in_place_is_data_read() {
+        let mut header = [0u8; BLOCK];
+        header[..1].copy_from_slice(b"f");
+        header[block::TYPEFLAG] = b'0';
+        header[124..136].copy_from_slice(b"00000000012\0");
+        block::seal(&mut header);
+        let mut data = [0u8; BLOCK];
+        data[..10].copy_from_slice(b"0123456789");
+        let whole = [&header[..], &data, &[0; 1024]].concat();
+        let mut archive = Archive::new(&whole[..]);
+        archive.next_header().unwrap().unwrap();
+        assert_eq!(read_in_place(&mut archive.data()).unwrap(), b"0123456789");
+        assert!(archive.next_header().unwrap().is_none());
+
+        let cut = &whole[..BLOCK + 4];
+        let mut archive = Archive::new(cut);
+        archive.next_header().unwrap().unwrap();
+        let err = read_in_place(&mut archive.data()).unwrap_err();
+        assert!(
+            err.to_string().contains("ends inside an entry's data"),
+            "{err}"
+        );
+        assert!(matches!(archive.next_header(), Err(Error::Stopped)));
+
+        let bytes = unreferenced_then_a_file();
+        let mut archive = Archive::new(&bytes[..]);
+        archive.next_header().unwrap().unwrap();
+        let err = read_in_place(&mut archive.data()).unwrap_err();
+        assert!(err.to_string().contains("more data than its map"), "{err}");
+        assert!(matches!(archive.next_header(), Err(Error::Stopped)));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -93,13 +93,18 @@ pub fn create_file(
     Ok(skipped)
 }
 
-/// Copies an entry's data into `file`.
-pub fn copy_data(data: &mut impl Read, file: &mut File, buf: &mut [u8]) -> Result<()> {
+/// Copies an entry's data into `file`, from where the stream holds it (no copy on the way).
+pub fn copy_data(data: &mut impl BufRead, file: &mut File) -> Result<()> {
     loop {
-        match data.read(buf)? {
-            0 => return Ok(()),
-            n => file.write_all(&buf[..n])?,
+        let buf = data.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
         }
+        let written = file.write(buf)?;
+        if written == 0 {
+            bail!("the file takes no more bytes");
+        }
+        data.consume(written);
     }
 }
 

@@ -19,7 +19,7 @@ mod parentless;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -131,7 +131,7 @@ impl<'a> Applier<'a> {
     }
 
     /// Applies one entry; `data` is its data (see [`strata_tar::Archive::data`]).
-    pub fn apply(&mut self, header: &Header, data: &mut impl Read) -> Result<()> {
+    pub fn apply(&mut self, header: &Header, data: &mut impl BufRead) -> Result<()> {
         self.entry += 1;
         // Go yields global PAX headers as entries; the engines apply them to nothing.
         if header.kind == Kind::GlobalPax {
@@ -175,7 +175,7 @@ impl<'a> Applier<'a> {
         }
     }
 
-    fn create(&mut self, spelled: &Path, header: &Header, data: &mut impl Read) -> Result<()> {
+    fn create(&mut self, spelled: &Path, header: &Header, data: &mut impl BufRead) -> Result<()> {
         let kind = header.kind;
         let (Some(spelled_parent), Some(name)) = (spelled.parent(), spelled.file_name()) else {
             // The root itself: its metadata belongs to DEST, but its type may not change
@@ -438,7 +438,7 @@ impl<'a> Applier<'a> {
         parent: &Arc<OwnedFd>,
         path: &Path,
         header: &Header,
-        data: &mut impl Read,
+        data: &mut impl BufRead,
         meta: Meta,
         hand_out: bool,
         unlink_first: bool,
@@ -446,7 +446,7 @@ impl<'a> Applier<'a> {
         if !hand_out {
             let buf = &mut self.buf;
             let fill = |file: &mut File| match &header.sparse {
-                None => meta::copy_data(data, file, buf),
+                None => meta::copy_data(data, file),
                 Some(regions) => meta::fill_sparse(data, file, regions, header.size as u64, buf),
             };
             let skipped = meta::create_file(parent.as_fd(), path, &meta, self.mapped_ids, fill)?;
