@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::dir::Dir;
+use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
@@ -163,20 +163,27 @@ pub fn open_real_dir(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
 
 /// Names in a directory, without `.` and `..`.
 pub fn list(dir: BorrowedFd) -> Result<Vec<OsString>> {
+    Ok(list_typed(dir)?.into_iter().map(|(name, _)| name).collect())
+}
+
+/// [`list`], with each entry's type where the filesystem gives it (a hint: the entry may
+/// have changed since).
+pub fn list_typed(dir: BorrowedFd) -> Result<Vec<(OsString, Option<Type>)>> {
     let fd = openat(
         dir,
         ".",
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    let mut names = Vec::new();
+    let mut entries = Vec::new();
     for entry in Dir::from_fd(fd)?.iter() {
-        let name = entry?.file_name().to_bytes().to_vec();
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
-            names.push(OsString::from(OsStr::from_bytes(&name)));
+            entries.push((OsStr::from_bytes(name).to_owned(), entry.file_type()));
         }
     }
-    Ok(names)
+    Ok(entries)
 }
 
 /// Removes `name` from `dir` and, if it is a directory, everything below it. Symlinks are

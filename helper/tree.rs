@@ -12,6 +12,7 @@ use std::sync::{Condvar, Mutex};
 use std::thread;
 
 use anyhow::{Context, Result, anyhow};
+use nix::dir::Type;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, copy_file_range, openat, readlinkat};
 use nix::sys::sendfile::sendfile;
@@ -204,21 +205,30 @@ impl Queue<'_> {
         later: &mut Later,
         kept: &mut Vec<PathBuf>,
     ) -> Result<()> {
-        for name in at::list(from).with_context(|| format!("listing {}", shown(path)))? {
+        let entries = at::list_typed(from).with_context(|| format!("listing {}", shown(path)))?;
+        for (name, listed_as) in entries {
             let path = path.join(&name);
             let subdir = (|| -> Result<bool> {
-                let Some(st) = at::lstat(from, &name)? else {
-                    return Ok(false);
+                // The listing's word saves a look-up by name: a directory's metadata is read
+                // when it is copied, a file's from the fd it is copied through.
+                let (st, src) = match listed_as {
+                    Some(Type::Directory) => return make_dir(to, &name),
+                    Some(Type::File) => {
+                        let src = open_file(from, &name)?;
+                        (nix::sys::stat::fstat(&src)?, Some(src))
+                    }
+                    _ => match at::lstat(from, &name)? {
+                        Some(st) => (st, None),
+                        None => return Ok(false),
+                    },
                 };
-                if kind(&st) == SFlag::S_IFDIR {
-                    // Its metadata is read when it is copied.
-                    mkdirat(to, name.as_os_str(), Mode::from_bits_truncate(0o700))?;
-                    return Ok(true);
-                }
-                if st.st_nlink > 1 {
-                    later.linked.push((path.clone(), st));
-                } else {
-                    copy_leaf(from, to, &name, &st, self.via)?;
+                match kind(&st) {
+                    SFlag::S_IFDIR => return make_dir(to, &name),
+                    _ if st.st_nlink > 1 => later.linked.push((path.clone(), st)),
+                    SFlag::S_IFREG if let Some(src) = src => {
+                        copy_file(src, to, &name, &st, self.via)?
+                    }
+                    _ => copy_leaf(from, to, &name, &st, self.via)?,
                 }
                 Ok(false)
             })()
@@ -296,35 +306,7 @@ fn copy_leaf(
     via: Via,
 ) -> Result<()> {
     match kind(st) {
-        SFlag::S_IFREG => {
-            let src = File::from(openat(
-                from,
-                name,
-                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?);
-            let flags = OFlag::O_WRONLY
-                | OFlag::O_CREAT
-                | OFlag::O_EXCL
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC;
-            // Created with its final mode when no chown must come first (files here are
-            // created as the namespace's root; chown would clear setuid bits).
-            let mode_at_create = !needs_chown(st) && st.st_mode & 0o7000 == 0;
-            let create_mode = if mode_at_create {
-                st.st_mode & 0o777
-            } else {
-                0o600
-            };
-            let dst = File::from(openat(
-                to,
-                name,
-                flags,
-                Mode::from_bits_truncate(create_mode),
-            )?);
-            copy_contents(&src, &dst, st, via)?;
-            finish_fd(dst.as_fd(), st, at::xattrs(src.as_fd())?, !mode_at_create)?;
-        }
+        SFlag::S_IFREG => copy_file(open_file(from, name)?, to, name, st, via)?,
         SFlag::S_IFLNK => {
             let target = readlinkat(from, name)?;
             symlinkat(target.as_os_str(), to, name)?;
@@ -339,6 +321,41 @@ fn copy_leaf(
         _ => {}
     }
     Ok(())
+}
+
+/// Opens a regular file to copy, never following a symlink. (Only a file listed or found
+/// to be regular: opening a FIFO would wait for a writer.)
+fn open_file(from: BorrowedFd, name: &OsStr) -> nix::Result<File> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    openat(from, name, flags, Mode::empty()).map(File::from)
+}
+
+/// Makes the directory `name` in `to`, to copy later; its metadata is set once it is copied.
+fn make_dir(to: BorrowedFd, name: &OsStr) -> Result<bool> {
+    mkdirat(to, name, Mode::from_bits_truncate(0o700))?;
+    Ok(true)
+}
+
+/// Copies the regular file `src`, whose metadata is `st`, to `name` in `to`.
+fn copy_file(src: File, to: BorrowedFd, name: &OsStr, st: &FileStat, via: Via) -> Result<()> {
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    // Created with its final mode when no chown must come first (files here are created as
+    // the namespace's root; chown would clear setuid bits).
+    let mode_at_create = !needs_chown(st) && st.st_mode & 0o7000 == 0;
+    let create_mode = if mode_at_create {
+        st.st_mode & 0o777
+    } else {
+        0o600
+    };
+    let dst = File::from(openat(
+        to,
+        name,
+        flags,
+        Mode::from_bits_truncate(create_mode),
+    )?);
+    copy_contents(&src, &dst, st, via)?;
+    finish_fd(dst.as_fd(), st, at::xattrs(src.as_fd())?, !mode_at_create)
 }
 
 fn shown(path: &Path) -> String {
