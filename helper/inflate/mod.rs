@@ -158,26 +158,23 @@ mod tests {
     //! The inflater under its own wall, in a process of its own (see
     //! `seccomp::tests::in_own_process`).
 
-    use std::io::Write;
-
     use strata_protocol::Digest;
 
+    use super::decompress::tests::gzip;
     use super::*;
     use crate::chunks::tests::ring;
     use crate::seccomp::tests::{assert_refused, in_own_process};
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
-    }
 
     /// Inflates `blob` into a ring whose reader, on a thread started first, reads at most
     /// `take` bytes; returns the reply and what the reader got.
     fn inflate_into_reader(blob: &[u8], take: usize) -> (Result<Reply>, Vec<u8>) {
         let (filler, announcer, mut reader) = ring();
+        // As in `inflate`: the wall goes up on every thread, so this one must be running.
+        let running = &Barrier::new(2);
         thread::scope(|scope| {
+            // It owns the reader, which hangs up when the thread ends.
             let read = scope.spawn(move || {
+                running.wait();
                 let mut got = Vec::new();
                 while got.len() < take {
                     match reader.next_slot() {
@@ -187,6 +184,7 @@ mod tests {
                 }
                 got
             });
+            running.wait();
             let reply = inflate(blob, (filler, announcer), Compression::Gzip);
             (reply, read.join().unwrap())
         })
