@@ -114,7 +114,10 @@ impl Helper {
         also_to: Option<&Path>,
         blob: &Blob,
     ) -> Result<AppliedLayer> {
-        self.start_apply(root, onto, also_to)?.set_up()?.apply(blob)
+        let mut started = self.start_apply(root, onto, also_to)?;
+        // An inflater starts while the helper enters its namespaces.
+        let feed = started.feed(blob)?;
+        started.set_up()?.apply_fed(blob, feed)
     }
 
     /// [`Helper::apply`] in steps: a helper started now is set up (namespaces, id maps,
@@ -238,6 +241,14 @@ impl Helper {
     }
 }
 
+/// Who fills a helper's ring with its layer.
+enum Feed {
+    /// An inflater, started, waiting for the compressed blob on its stdin.
+    Inflater(Started),
+    /// The parent, here: the blob is the tar stream.
+    Here(RingEnds),
+}
+
 /// The writer's ends of a layer's ring (see `strata-ring`): for an inflater, or for the parent
 /// itself when the blob is the tar stream.
 struct RingEnds {
@@ -283,37 +294,53 @@ impl Started {
     }
 
     /// Feeds the set-up helper the layer `blob` and returns its account of it (see
-    /// [`Helper::apply`]). A compressed blob goes through an inflater started now, which
-    /// writes the tar stream into the helper's stdin and hashes it; an uncompressed one goes
-    /// straight in, and its digest, checked on the way, is the diff ID.
+    /// [`Helper::apply`]). A compressed blob goes through an inflater, which writes the tar
+    /// stream into the helper's ring and hashes it; an uncompressed one is read into the ring
+    /// here, and its digest, checked on the way, is the diff ID.
     pub fn apply(mut self, blob: &Blob) -> Result<AppliedLayer> {
+        let feed = self.feed(blob)?;
+        self.apply_fed(blob, feed)
+    }
+
+    /// Starts what fills the helper's ring with `blob`: for a compressed blob, an inflater.
+    fn feed(&mut self, blob: &Blob) -> Result<Feed> {
         let ring = self.ring.take().context("the helper takes no layer")?;
-        let (source, sent) = if blob.needs_inflating()? {
-            let role = Role::Inflate(blob.compression());
-            let fds = [ring.memory.as_raw_fd(), ring.given_back.as_raw_fd()];
-            let mut inflater =
-                self.helper
-                    .start(&role, Stdio::piped(), ring.announce.into(), Some(fds))?;
-            drop((ring.memory, ring.given_back));
-            let mut compressed = inflater
-                .child
-                .stdin
-                .take()
-                .context("the inflater's stdin")?;
-            let sent = blob.send(&mut compressed);
-            drop(compressed);
-            // Read first: the inflater's reply is small and comes once its output is taken,
-            // before the applier's, which may be large and waits for that output's end.
-            (Source::Inflater(inflater.reply()), sent)
-        } else {
-            let sent = strata_ring::writer(&ring.memory, ring.announce, ring.given_back)
-                .context("mapping the layer's ring")
-                .and_then(|(mut filler, mut announcer)| blob.fill(&mut filler, &mut announcer));
-            let source = Source::Blob {
-                digest: blob.digest().clone(),
-                size: blob.size(),
-            };
-            (source, sent)
+        if !blob.needs_inflating()? {
+            return Ok(Feed::Here(ring));
+        }
+        let role = Role::Inflate(blob.compression());
+        let fds = [ring.memory.as_raw_fd(), ring.given_back.as_raw_fd()];
+        let inflater = self
+            .helper
+            .start(&role, Stdio::piped(), ring.announce.into(), Some(fds))?;
+        Ok(Feed::Inflater(inflater))
+    }
+
+    /// [`Started::apply`], once `feed` is started.
+    fn apply_fed(self, blob: &Blob, feed: Feed) -> Result<AppliedLayer> {
+        let (source, sent) = match feed {
+            Feed::Inflater(mut inflater) => {
+                let mut compressed = inflater
+                    .child
+                    .stdin
+                    .take()
+                    .context("the inflater's stdin")?;
+                let sent = blob.send(&mut compressed);
+                drop(compressed);
+                // Read first: the inflater's reply is small and comes once its output is
+                // taken, before the applier's, which may be large and waits for that end.
+                (Source::Inflater(inflater.reply()), sent)
+            }
+            Feed::Here(ring) => {
+                let sent = strata_ring::writer(&ring.memory, ring.announce, ring.given_back)
+                    .context("mapping the layer's ring")
+                    .and_then(|(mut filler, mut announcer)| blob.fill(&mut filler, &mut announcer));
+                let source = Source::Blob {
+                    digest: blob.digest().clone(),
+                    size: blob.size(),
+                };
+                (source, sent)
+            }
         };
         let applier = self.reply();
         sent?;
