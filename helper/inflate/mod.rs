@@ -5,9 +5,10 @@
 //! nothing open but its pipes and the ring, behind a seccomp wall that lets it read, write,
 //! allocate and wait (`seccomp::Wall::Inflater`).
 //!
-//! Keeping it apart is what lets the parent trust the diff ID: the applier, which parses tar
-//! and writes files, never computes it and cannot change what was hashed; the inflater, whose
-//! only input is the decoder's, could at worst lie about the bytes it hands on.
+//! Keeping it apart is what lets the parent trust the diff ID over the applier, which parses
+//! tar and writes files: it never computes it and cannot change what was hashed. The decoder
+//! is still trusted with it: an exploit of the decoder, on this process's thread, could claim
+//! any diff ID (its wall leaves it nothing else to do).
 
 mod decompress;
 
