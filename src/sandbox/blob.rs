@@ -111,8 +111,8 @@ impl Blob {
 
     /// Reads the blob, which is a tar stream, into the slots of a layer's ring and announces
     /// each, verifying it on the way. As with [`Blob::send`], a reader that hangs up is not
-    /// an error here.
-    pub fn fill(&self, filler: &mut Filler, announcer: &mut Announcer) -> Result<()> {
+    /// an error here: the rest is still verified, and how much the reader took is returned.
+    pub fn fill(&self, filler: &mut Filler, announcer: &mut Announcer) -> Result<Option<u64>> {
         let mut verifier = Verifier::new(&self.digest, self.size);
         let mut offset = 0u64;
         loop {
@@ -124,16 +124,18 @@ impl Blob {
                 })
                 .with_context(|| format!("passing blob {} to the helper", self.digest))?;
             let Some(filled) = filled else {
-                return self.verify_rest(verifier, offset);
+                return self.verify_rest(verifier, offset).map(|()| Some(offset));
             };
             if filled.is_empty() {
-                return Ok(verifier.finish()?);
+                verifier.finish()?;
+                return Ok(None);
             }
             let bytes = announcer.bytes(&filled);
             verifier.update(bytes)?;
+            let taken = offset;
             offset += bytes.len() as u64;
             if announcer.announce(filled).is_err() {
-                return self.verify_rest(verifier, offset);
+                return self.verify_rest(verifier, offset).map(|()| Some(taken));
             }
         }
     }

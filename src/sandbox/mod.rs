@@ -332,12 +332,17 @@ impl Started {
                 (Source::Inflater(inflater.reply()), sent)
             }
             Feed::Here(ring) => {
-                let sent = strata_ring::writer(&ring.memory, ring.announce, ring.given_back)
+                let filled = strata_ring::writer(&ring.memory, ring.announce, ring.given_back)
                     .context("mapping the layer's ring")
                     .and_then(|(mut filler, mut announcer)| blob.fill(&mut filler, &mut announcer));
+                let (hung_up_after, sent) = match filled {
+                    Ok(hung_up_after) => (hung_up_after, Ok(())),
+                    Err(err) => (None, Err(err)),
+                };
                 let source = Source::Blob {
                     digest: blob.digest().clone(),
                     size: blob.size(),
+                    hung_up_after,
                 };
                 (source, sent)
             }

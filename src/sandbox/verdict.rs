@@ -26,6 +26,8 @@ pub enum Source {
         digest: Digest,
         /// Its size.
         size: u64,
+        /// The applier stopped taking it after this many bytes.
+        hung_up_after: Option<u64>,
     },
     /// An inflater, and its reply.
     Inflater(Result<Reply>),
@@ -46,7 +48,11 @@ enum Stream {
 /// failed of itself, on bytes the inflater had already passed on, came first.
 pub fn verdict(source: Source, applier: Result<Reply>) -> Result<AppliedLayer> {
     let stream = match source {
-        Source::Blob { digest, size } => Stream::Whole(Inflated {
+        Source::Blob {
+            hung_up_after: Some(after),
+            ..
+        } => Stream::HungUp(after),
+        Source::Blob { digest, size, .. } => Stream::Whole(Inflated {
             diff_id: digest,
             bytes: size,
         }),
@@ -107,6 +113,7 @@ mod tests {
         Source::Blob {
             digest: Digest::of_bytes(b"blob"),
             size,
+            hung_up_after: None,
         }
     }
 
@@ -187,6 +194,16 @@ mod tests {
                 hung_up(4096),
                 applied(4096),
                 Err("stopped reading the layer after 4096 bytes"),
+            ),
+            (
+                "nor one that hung up on the blob",
+                Source::Blob {
+                    digest: Digest::of_bytes(b"blob"),
+                    size: 4096,
+                    hung_up_after: Some(512),
+                },
+                applied(4096),
+                Err("stopped reading the layer after 512 bytes"),
             ),
             (
                 "an inflater that died without a reply",

@@ -47,7 +47,8 @@ pub fn create() -> io::Result<(OwnedFd, OwnedFd)> {
         }
         let writable = OwnedFd::from_raw_fd(fd);
         check(libc::ftruncate(fd, RING_SIZE as libc::off_t))?;
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // Its writer adds the last seals once it has mapped it (see `writer`).
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
         check(libc::fcntl(fd, libc::F_ADD_SEALS, seals))?;
         // A new open file description of the same memory, read-only: write access cannot be
         // added to it, nor to a mapping of it.
@@ -117,8 +118,14 @@ pub fn writer(
     announce: File,
     given_back: File,
 ) -> io::Result<(Filler, Announcer)> {
+    let ring = Mapping::new(memory, libc::PROT_READ | libc::PROT_WRITE)?;
+    // From now on no one can write the ring but through this mapping: not through a descriptor
+    // reopened for writing (`/proc/self/fd`), nor a new writable mapping; and no seal comes off.
+    let seals = libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor the caller holds.
+    check(unsafe { libc::fcntl(memory.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
     let shared = Arc::new(Shared {
-        ring: Mapping::new(memory, libc::PROT_READ | libc::PROT_WRITE)?,
+        ring,
         announced: AtomicU64::new(0),
     });
     let filler = Filler {
@@ -403,6 +410,33 @@ mod tests {
         };
         assert_eq!(rc, -1);
         assert!(File::from(readable).write_all(b"x").is_err());
+    }
+
+    #[test]
+    fn once_its_writer_has_it_no_one_else_can_write_the_ring() {
+        let (writable, readable) = create().unwrap();
+        let (_announced, announce) = pipe();
+        let (given_back, _give_back) = pipe();
+        let (mut filler, _announcer) = writer(&writable, announce, given_back).unwrap();
+        // Reopened for writing, as a process that sees /proc could.
+        let path = format!("/proc/self/fd/{}", readable.as_raw_fd());
+        let options = std::fs::OpenOptions::new().read(true).write(true).clone();
+        let mut reopened = options.open(path).unwrap();
+        assert!(reopened.write_all(b"x").is_err());
+        // SAFETY: a mapping that must fail; nothing is touched.
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                RING_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                reopened.as_raw_fd(),
+                0,
+            )
+        };
+        assert_eq!(mapped, libc::MAP_FAILED);
+        // The writer's own mapping still writes.
+        filler.fill(|slot| Ok(slot.len())).unwrap().unwrap();
     }
 
     #[test]
