@@ -74,11 +74,9 @@ impl Blob {
         let mut head = [0u8; Compression::MAGIC_LEN];
         let mut read = 0;
         while read < head.len() {
-            match pread(&self.file, &mut head[read..], read as i64) {
-                Ok(0) => break,
-                Ok(n) => read += n,
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e).with_context(|| format!("reading blob {}", self.digest)),
+            match self.read_at(&mut head[read..], read as u64)? {
+                0 => break,
+                n => read += n,
             }
         }
         Ok(self.compression.needs_inflating(&head[..read]))
