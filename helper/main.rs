@@ -2,7 +2,7 @@
 //!
 //! Started by `strata` with one JSON argument, its role, and the result pipe on fd 3, it plays
 //! one of two roles and writes one JSON line:
-//! - the inflater ([`inflate`]) decompresses the layer on stdin onto stdout and hashes it,
+//! - the inflater ([`inflate`]) decompresses the layer on stdin into a ring the parent reads,
 //!   behind a wall that leaves it nothing but its pipes;
 //! - a job: still single-threaded, it enters its namespaces, pivots into the target directory,
 //!   locks itself down, and does the one job asked (apply the tar stream on stdin, copy a

@@ -20,8 +20,8 @@ use seccompiler::{
 pub enum Wall {
     /// The applier (and the copy and clear jobs): files, metadata, threads.
     Applier,
-    /// The inflater: its pipes, memory that cannot be made executable, and its threads'
-    /// ends, which it starts before the wall goes up.
+    /// The inflater: its pipes and the ring, memory that cannot be made executable, locks,
+    /// and ending a thread or the process.
     Inflater,
 }
 

@@ -7,6 +7,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -76,14 +77,25 @@ fn access_mode(pid: u32, fd: u32) -> i32 {
     i32::from_str_radix(flags.trim(), 8).unwrap() & libc::O_ACCMODE
 }
 
-/// The permissions of `pid`'s mapping of a layer's ring, as /proc/PID/maps shows them.
-fn ring_mapping(pid: u32) -> String {
+/// `pid`'s mappings of layers' rings, as /proc/PID/maps shows them: the ring's inode and the
+/// mapping's permissions.
+fn ring_mappings(pid: u32) -> Vec<(u64, String)> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let line = maps
-        .lines()
-        .find(|line| line.contains("memfd:strata-ring"))
-        .unwrap_or_else(|| panic!("no ring mapped: {maps}"));
-    line.split_whitespace().nth(1).unwrap().to_owned()
+    maps.lines()
+        .filter(|line| line.contains("memfd:strata-ring"))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[4].parse().unwrap(), fields[1].to_owned())
+        })
+        .collect()
+}
+
+/// The permissions of `pid`'s one mapping of a layer's ring.
+fn ring_mapping(pid: u32) -> String {
+    match &ring_mappings(pid)[..] {
+        [(_, permissions)] => permissions.clone(),
+        other => panic!("not one ring mapped: {other:?}"),
+    }
 }
 
 fn field(pid: u32, field: &str) -> String {
@@ -220,8 +232,8 @@ fn the_inflater_holds_nothing_but_its_pipes() {
         assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
         assert!(status.contains("\nSeccomp_filters:\t1\n"), "{status}");
     }
-    // Its fds: the compressed layer in, the ring's announcements out (the applier's stdin),
-    // stderr, the result pipe, the ring it writes and the slots given back; nothing else.
+    // Its fds: the compressed layer in, the ring's announcements out, stderr, the result
+    // pipe, the ring it writes and the slots given back; nothing else.
     let fds: Vec<(u32, String)> = fs::read_dir(format!("/proc/{inflater}/fd"))
         .unwrap()
         .map(|entry| {
@@ -242,11 +254,22 @@ fn the_inflater_holds_nothing_but_its_pipes() {
     }
     assert_eq!(access_mode(inflater, 5), libc::O_RDWR);
     assert_eq!(ring_mapping(inflater), "rw-s");
+
+    // Two rings, and no pipe between the helpers: strata reads the inflater's ring and writes
+    // the applier's, hashing what it copies, which neither helper can write.
     let ring = |pid: u32| fs::metadata(format!("/proc/{pid}/fd/5")).unwrap().ino();
-    assert_eq!(ring(inflater), ring(applier), "they do not share the ring");
+    let (inflated, applied) = (ring(inflater), ring(applier));
+    assert_ne!(inflated, applied, "the inflater writes the applier's ring");
     let stream_out = &fds.iter().find(|(fd, _)| *fd == 1).unwrap().1;
     let applier_in = fs::read_link(format!("/proc/{applier}/fd/0")).unwrap();
-    assert_eq!(applier_in.to_string_lossy(), *stream_out);
+    assert_ne!(applier_in.to_string_lossy(), *stream_out);
+    let wanted = [(inflated, "r--s".to_owned()), (applied, "rw-s".to_owned())];
+    let mut held = ring_mappings(strata.id());
+    while !wanted.iter().all(|ring| held.contains(ring)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+        held = ring_mappings(strata.id());
+    }
+    assert!(wanted.iter().all(|ring| held.contains(ring)), "{held:?}");
 
     let out = Output::from(strata.wait_with_output().unwrap());
     out.success();

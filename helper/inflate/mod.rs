@@ -1,83 +1,55 @@
 //! The inflater: a process of its own that turns the compressed layer on stdin into the tar
-//! stream, in the ring the applier reads (`strata-ring`), and hashes that stream on the way
-//! (the diff ID, which names the layer's snapshot): each slot is hashed before it is announced
-//! to the applier, which maps the ring read-only. It runs as the user, in no namespace, with
-//! nothing open but its pipes and the ring, behind a seccomp wall that lets it read, write,
-//! allocate and wait (`seccomp::Wall::Inflater`).
+//! stream, in a ring (`strata-ring`) that the parent reads. It runs as the user, in no
+//! namespace, with nothing open but its pipes and the ring, behind a seccomp wall that lets it
+//! read, write, allocate and wait (`seccomp::Wall::Inflater`).
 //!
-//! Keeping it apart is what lets the parent trust the diff ID over the applier, which parses
-//! tar and writes files: it never computes it and cannot change what was hashed. The decoder
-//! is still trusted with it: an exploit of the decoder, on this process's thread, could claim
-//! any diff ID (its wall leaves it nothing else to do).
+//! It hashes nothing. The parent copies each slot into the applier's ring and hashes the copy,
+//! which only the parent can write: an exploit of the decoder can send any stream, but cannot
+//! name it (the diff ID is the hash of what the applier got), and an exploit of the applier
+//! cannot change it. Keeping the decoder apart from the applier also keeps a decoder exploit
+//! away from the sandbox's privileges, and a tar exploit away from the decoder's input.
 
 mod decompress;
 
 use std::io::{self, BufRead, Read};
-use std::sync::Barrier;
-use std::sync::mpsc::sync_channel;
-use std::thread;
 
-use anyhow::{Context, Result, anyhow};
-use strata_protocol::{Compression, Hasher, Inflated, Reply};
-use strata_ring::{Announcer, Filled, Filler, PageBuf, SLOTS};
+use anyhow::{Context, Result};
+use strata_protocol::{Compression, Reply};
+use strata_ring::{Announcer, Filler, PageBuf};
 
 use crate::seccomp;
 
 /// Inflates `input`, declared `declared`, into the ring `filler` and `announcer` write, and
 /// accounts for it: the whole stream ([`Reply::Inflated`]), or how much of it the reader took
-/// before hanging up ([`Reply::HungUp`]). The decoder runs on this thread and fills the slots;
-/// the hasher hashes each slot and only then announces it. Both are behind the wall before the
-/// first byte is decoded.
+/// before hanging up ([`Reply::HungUp`]). The wall is up before the first byte is decoded.
 pub fn inflate(
     input: impl BufRead + Send,
     (mut filler, mut announcer): (Filler, Announcer),
     declared: Compression,
 ) -> Result<Reply> {
-    let (to_hasher, filled) = sync_channel::<Filled>(SLOTS);
-    // The wall goes up once the hasher is running: starting a thread makes calls it refuses.
-    let running = Barrier::new(2);
-    thread::scope(|scope| {
-        let hasher = scope.spawn(|| {
-            running.wait();
-            let mut hasher = Hasher::new();
-            for slot in filled {
-                hasher.update(announcer.bytes(&slot));
-                if announcer.announce(slot).is_err() {
-                    return (hasher, Stream::HungUp);
-                }
-            }
-            (hasher, Stream::Whole)
-        });
-        running.wait();
-        // On failure, the sender dropped on the way out ends the hasher.
-        seccomp::install_on_every_thread(seccomp::Wall::Inflater)?;
-        let decoded = (|| -> io::Result<Stream> {
-            let mut decoder = decompress::decoder(input, declared)?;
-            loop {
-                match filler.fill(|slot| read_full(&mut decoder, slot))? {
-                    Some(slot) if slot.is_empty() => return Ok(Stream::Whole),
-                    Some(slot) => {
-                        if to_hasher.send(slot).is_err() {
-                            return Ok(Stream::HungUp);
-                        }
-                    }
-                    None => return Ok(Stream::HungUp),
-                }
-            }
-        })();
-        drop(to_hasher);
-        let (hasher, announced) = hasher
-            .join()
-            .map_err(|_| anyhow!("the hashing thread panicked"))?;
-        let decoded = decoded.context("inflating the layer")?;
-        let (diff_id, bytes) = hasher.finish();
-        Ok(match (decoded, announced) {
-            (Stream::Whole, Stream::Whole) => Reply::Inflated(Inflated { diff_id, bytes }),
-            _ => Reply::HungUp {
-                hung_up_after: bytes,
-            },
-        })
-    })
+    seccomp::install_on_every_thread(seccomp::Wall::Inflater)?;
+    let mut decoder = decompress::decoder(input, declared).context("inflating the layer")?;
+    let mut written = 0u64;
+    loop {
+        let filled = filler
+            .fill(|slot| read_full(&mut decoder, slot))
+            .context("inflating the layer")?;
+        let Some(filled) = filled else {
+            return Ok(Reply::HungUp {
+                hung_up_after: written,
+            });
+        };
+        if filled.is_empty() {
+            return Ok(Reply::Inflated { inflated: written });
+        }
+        let len = filled.len() as u64;
+        if announcer.announce(filled).is_err() {
+            return Ok(Reply::HungUp {
+                hung_up_after: written,
+            });
+        }
+        written += len;
+    }
 }
 
 /// A buffered reader whose buffer is page-aligned (see `strata_ring::PageBuf`): the
@@ -133,13 +105,6 @@ impl<R: Read> BufRead for AlignedReader<R> {
     }
 }
 
-/// How far the stream got.
-enum Stream {
-    Whole,
-    /// The reader hung up first.
-    HungUp,
-}
-
 /// Fills `buf` as far as the stream allows: short only where the stream ends.
 fn read_full(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -159,7 +124,8 @@ mod tests {
     //! The inflater under its own wall, in a process of its own (see
     //! `seccomp::tests::in_own_process`).
 
-    use strata_protocol::Digest;
+    use std::sync::Barrier;
+    use std::thread;
 
     use super::decompress::tests::gzip;
     use super::*;
@@ -196,13 +162,9 @@ mod tests {
     fn inflater_child() {
         let stream: Vec<u8> = (0..9_000_000u32).map(|i| (i % 253) as u8).collect();
         let (reply, read) = inflate_into_reader(&gzip(&stream), usize::MAX);
-        let expected = Inflated {
-            diff_id: Digest::of_bytes(&stream),
-            bytes: stream.len() as u64,
-        };
         let reply = reply.unwrap();
         assert!(
-            matches!(reply, Reply::Inflated(ref i) if *i == expected),
+            matches!(reply, Reply::Inflated { inflated } if inflated == stream.len() as u64),
             "{reply:?}"
         );
         assert!(read == stream);

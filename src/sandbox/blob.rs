@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice};
 use nix::sys::uio::pread;
 
+use super::pass::{Passed, Stream, pass};
 use crate::digest::{Digest, Verifier};
 use crate::protocol::Compression;
 use strata_ring::{Announcer, Filler, PageBuf};
@@ -107,35 +108,22 @@ impl Blob {
         }
     }
 
-    /// Reads the blob, which is a tar stream, into the slots of a layer's ring and announces
-    /// each, verifying it on the way. As with [`Blob::send`], a reader that hangs up is not
-    /// an error here: the rest is still verified, and how much the reader took is returned.
-    pub fn fill(&self, filler: &mut Filler, announcer: &mut Announcer) -> Result<Option<u64>> {
-        let mut verifier = Verifier::new(&self.digest, self.size);
-        let mut offset = 0u64;
-        loop {
-            let filled = filler
-                .fill(|slot| {
-                    let len = wanted(&verifier, slot.len());
-                    self.read_at(&mut slot[..len], offset)
-                        .map_err(io::Error::other)
-                })
-                .with_context(|| format!("passing blob {} to the helper", self.digest))?;
-            let Some(filled) = filled else {
-                return self.verify_rest(verifier, offset).map(|()| Some(offset));
-            };
-            if filled.is_empty() {
-                verifier.finish()?;
-                return Ok(None);
-            }
-            let bytes = announcer.bytes(&filled);
-            verifier.update(bytes)?;
-            let taken = offset;
-            offset += bytes.len() as u64;
-            if announcer.announce(filled).is_err() {
-                return self.verify_rest(verifier, offset).map(|()| Some(taken));
-            }
+    /// Reads the blob, which is a tar stream, into the applier's ring (see [`pass`]),
+    /// verifying it on the way. As with [`Blob::send`], a reader that hangs up is not an error
+    /// here: the rest is still verified.
+    pub fn fill(&self, ring: (Filler, Announcer)) -> Result<Passed> {
+        let mut stream = BlobStream {
+            blob: self,
+            verifier: Verifier::new(&self.digest, self.size),
+            read: 0,
+        };
+        let passed = pass(&mut stream, ring)
+            .with_context(|| format!("passing blob {} to the helper", self.digest))?;
+        match passed {
+            Passed::Whole => stream.verifier.finish()?,
+            Passed::HungUp(_) => self.verify_rest(stream.verifier, stream.read)?,
         }
+        Ok(passed)
     }
 
     /// Verifies the rest of the blob, from `offset`, once its reader has hung up.
@@ -185,6 +173,27 @@ impl Blob {
         // The file shrank since it was read, or could not be spliced: send what was hashed.
         let sent = (from - offset as i64) as usize;
         pipe.write_all(&bytes[sent..])
+    }
+}
+
+/// A blob read into the applier's ring, verified as it goes.
+struct BlobStream<'a> {
+    blob: &'a Blob,
+    verifier: Verifier,
+    /// Bytes read so far.
+    read: u64,
+}
+
+impl Stream for BlobStream<'_> {
+    fn read_into(&mut self, slot: &mut [u8]) -> Result<usize> {
+        let len = wanted(&self.verifier, slot.len());
+        let n = self.blob.read_at(&mut slot[..len], self.read)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+
+    fn take_in(&mut self, bytes: &[u8]) -> Result<()> {
+        Ok(self.verifier.update(bytes)?)
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod blob;
 mod idmap;
+mod pass;
 mod verdict;
 
 pub use blob::Blob;
@@ -24,6 +25,7 @@ use crate::protocol::{
     CONTROL_FD, GIVEN_BACK_FD, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, RING_FD, Reply,
     Request, Role,
 };
+use pass::{Passed, Relay};
 use verdict::{Source, verdict};
 
 /// The most of the helper's reply that is read.
@@ -114,7 +116,7 @@ impl Helper {
         also_to: Option<&Path>,
         blob: &Blob,
     ) -> Result<AppliedLayer> {
-        let mut started = self.start_apply(root, onto, also_to)?;
+        let started = self.start_apply(root, onto, also_to)?;
         // An inflater starts while the helper enters its namespaces.
         let feed = started.feed(blob)?;
         started.set_up()?.apply_fed(blob, feed)
@@ -241,16 +243,16 @@ impl Helper {
     }
 }
 
-/// Who fills a helper's ring with its layer.
+/// Where the applier's ring is filled from: always by the parent, which hashes what it writes.
 enum Feed {
-    /// An inflater, started, waiting for the compressed blob on its stdin.
-    Inflater(Started),
-    /// The parent, here: the blob is the tar stream.
-    Here(RingEnds),
+    /// An inflater, started, waiting for the compressed blob on its stdin, and the reader's
+    /// end of the ring it writes the tar stream into.
+    Inflater(Started, strata_ring::Reader),
+    /// The blob itself: it is the tar stream.
+    Blob,
 }
 
-/// The writer's ends of a layer's ring (see `strata-ring`): for an inflater, or for the parent
-/// itself when the blob is the tar stream.
+/// The writer's ends of a layer's ring (see `strata-ring`).
 struct RingEnds {
     memory: OwnedFd,
     announce: File,
@@ -294,55 +296,72 @@ impl Started {
     }
 
     /// Feeds the set-up helper the layer `blob` and returns its account of it (see
-    /// [`Helper::apply`]). A compressed blob goes through an inflater, which writes the tar
-    /// stream into the helper's ring and hashes it; an uncompressed one is read into the ring
-    /// here, and its digest, checked on the way, is the diff ID.
-    pub fn apply(mut self, blob: &Blob) -> Result<AppliedLayer> {
+    /// [`Helper::apply`]). The parent writes the helper's ring: from the blob, when it is the
+    /// tar stream, whose digest (checked on the way) is then the diff ID; else from the ring
+    /// of an inflater it sends the blob to, hashing what it copies.
+    pub fn apply(self, blob: &Blob) -> Result<AppliedLayer> {
         let feed = self.feed(blob)?;
         self.apply_fed(blob, feed)
     }
 
-    /// Starts what fills the helper's ring with `blob`: for a compressed blob, an inflater.
-    fn feed(&mut self, blob: &Blob) -> Result<Feed> {
-        let ring = self.ring.take().context("the helper takes no layer")?;
+    /// Starts what the helper's ring is filled from: for a compressed blob, an inflater.
+    fn feed(&self, blob: &Blob) -> Result<Feed> {
         if !blob.needs_inflating()? {
-            return Ok(Feed::Here(ring));
+            return Ok(Feed::Blob);
         }
+        let (writable, readable) = strata_ring::create().context("creating the inflater's ring")?;
+        let (announced, announce) = io::pipe().context("creating the ring's pipes")?;
+        let (given_back, give_back) = io::pipe().context("creating the ring's pipes")?;
         let role = Role::Inflate(blob.compression());
-        let fds = [ring.memory.as_raw_fd(), ring.given_back.as_raw_fd()];
+        let ring = [writable.as_raw_fd(), given_back.as_raw_fd()];
         let inflater = self
             .helper
-            .start(&role, Stdio::piped(), ring.announce.into(), Some(fds))?;
-        Ok(Feed::Inflater(inflater))
+            .start(&role, Stdio::piped(), announce.into(), Some(ring))?;
+        let inflated = strata_ring::Reader::new(
+            &readable,
+            File::from(OwnedFd::from(announced)),
+            File::from(OwnedFd::from(give_back)),
+        )
+        .context("mapping the inflater's ring")?;
+        Ok(Feed::Inflater(inflater, inflated))
     }
 
     /// [`Started::apply`], once `feed` is started.
-    fn apply_fed(self, blob: &Blob, feed: Feed) -> Result<AppliedLayer> {
+    fn apply_fed(mut self, blob: &Blob, feed: Feed) -> Result<AppliedLayer> {
+        let ring = self.ring.take().context("the helper takes no layer")?;
+        let ring = strata_ring::writer(&ring.memory, ring.announce, ring.given_back)
+            .context("mapping the layer's ring")?;
         let (source, sent) = match feed {
-            Feed::Inflater(mut inflater) => {
+            Feed::Inflater(mut inflater, inflated) => {
                 let mut compressed = inflater
                     .child
                     .stdin
                     .take()
                     .context("the inflater's stdin")?;
-                let sent = blob.send(&mut compressed);
-                drop(compressed);
+                let (sent, relayed) = thread::scope(|scope| {
+                    let relay = scope.spawn(|| Relay::run(inflated, ring));
+                    let sent = blob.send(&mut compressed);
+                    drop(compressed);
+                    let relayed = relay
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow!("the relay thread panicked")));
+                    (sent, relayed)
+                });
                 // Read first: the inflater's reply is small and comes once its output is
                 // taken, before the applier's, which may be large and waits for that end.
-                (Source::Inflater(inflater.reply()), sent)
+                let reply = inflater.reply();
+                (Source::Inflater { relayed, reply }, sent)
             }
-            Feed::Here(ring) => {
-                let filled = strata_ring::writer(&ring.memory, ring.announce, ring.given_back)
-                    .context("mapping the layer's ring")
-                    .and_then(|(mut filler, mut announcer)| blob.fill(&mut filler, &mut announcer));
-                let (hung_up_after, sent) = match filled {
-                    Ok(hung_up_after) => (hung_up_after, Ok(())),
-                    Err(err) => (None, Err(err)),
+            Feed::Blob => {
+                let (passed, sent) = match blob.fill(ring) {
+                    Ok(passed) => (passed, Ok(())),
+                    // The blob failed to verify: told first, whatever the applier made of it.
+                    Err(err) => (Passed::Whole, Err(err)),
                 };
                 let source = Source::Blob {
                     digest: blob.digest().clone(),
                     size: blob.size(),
-                    hung_up_after,
+                    passed,
                 };
                 (source, sent)
             }

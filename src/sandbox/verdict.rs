@@ -1,13 +1,15 @@
-//! What the parent makes of the two accounts of a layer: where its tar stream came from (an
-//! inflater's diff ID and length, or the blob itself), and the applier's. Which failure is told
-//! when both fail, and what must agree when neither does. No process here can vouch for the
-//! other: the diff ID never comes from the applier, and the applier must have read the stream
-//! the diff ID names, to its last byte.
+//! What the parent makes of the accounts of a layer: how it passed the tar stream on (from the
+//! blob itself, or relayed from an inflater, whose own reply comes with it), and the applier's.
+//! Which failure is told when several fail, and what must agree when none does. No helper
+//! process vouches for the stream: the parent hashed what it put in the applier's ring (or the
+//! blob is the stream, and its digest checked), and the applier must have read it to its last
+//! byte.
 
 use anyhow::{Result, anyhow, bail};
 
+use super::pass::{Passed, Relayed};
 use crate::digest::Digest;
-use crate::protocol::{Applied, Inflated, NeedsLowers, Reply};
+use crate::protocol::{Applied, NeedsLowers, Reply};
 
 /// A layer applied, as the parent checked it.
 #[derive(Debug)]
@@ -18,7 +20,16 @@ pub struct AppliedLayer {
     pub applied: Applied,
 }
 
-/// Where the applier's stream came from.
+/// A stream the parent hashed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hashed {
+    /// Its SHA-256: a layer's diff ID.
+    pub diff_id: Digest,
+    /// Its length.
+    pub bytes: u64,
+}
+
+/// How the applier's stream was passed on.
 pub enum Source {
     /// The blob itself, checked against its descriptor on the way: its digest names the stream.
     Blob {
@@ -26,44 +37,76 @@ pub enum Source {
         digest: Digest,
         /// Its size.
         size: u64,
-        /// The applier stopped taking it after this many bytes.
-        hung_up_after: Option<u64>,
+        /// How much of it the applier took.
+        passed: Passed,
     },
-    /// An inflater, and its reply.
-    Inflater(Result<Reply>),
+    /// Relayed from an inflater's ring (or why the relay failed), with the inflater's reply.
+    Inflater {
+        /// What the parent relayed.
+        relayed: Result<Relayed>,
+        /// The inflater's reply.
+        reply: Result<Reply>,
+    },
 }
 
 /// The stream's account, or why there is none.
 enum Stream {
-    Whole(Inflated),
+    Whole(Hashed),
     /// The applier stopped reading after this many bytes.
     HungUp(u64),
     Failed(anyhow::Error),
 }
 
-/// The one outcome of a layer whose stream came from `source` and whose applier replied
-/// `applier` (its reply, or why it has none). Failures are told in the order they happened in
-/// the stream: an applier whose stream ended early (it applied what it got, or its archive was
-/// cut short) tells less than the inflater's failure, which came first; an applier that
-/// failed of itself, on bytes the inflater had already passed on, came first.
-pub fn verdict(source: Source, applier: Result<Reply>) -> Result<AppliedLayer> {
-    let stream = match source {
-        Source::Blob {
-            hung_up_after: Some(after),
-            ..
-        } => Stream::HungUp(after),
-        Source::Blob { digest, size, .. } => Stream::Whole(Inflated {
-            diff_id: digest,
-            bytes: size,
-        }),
-        Source::Inflater(Ok(Reply::Inflated(inflated))) => Stream::Whole(inflated),
-        Source::Inflater(Ok(Reply::HungUp { hung_up_after })) => Stream::HungUp(hung_up_after),
-        Source::Inflater(Ok(other)) => {
-            Stream::Failed(anyhow!("the inflater gave an unexpected reply: {other:?}"))
+impl Stream {
+    fn of(source: Source) -> Stream {
+        let (relayed, reply) = match source {
+            Source::Blob {
+                passed: Passed::HungUp(after),
+                ..
+            } => return Stream::HungUp(after),
+            Source::Blob {
+                digest,
+                size,
+                passed: Passed::Whole,
+            } => {
+                return Stream::Whole(Hashed {
+                    diff_id: digest,
+                    bytes: size,
+                });
+            }
+            Source::Inflater { relayed, reply } => (relayed, reply),
+        };
+        // The relay failing (on what the inflater announced) or hung up on came first; the
+        // inflater's reply then tells nothing more.
+        let hashed = match relayed {
+            Err(err) => return Stream::Failed(err),
+            Ok(Relayed {
+                passed: Passed::HungUp(after),
+                ..
+            }) => return Stream::HungUp(after),
+            Ok(Relayed { hashed, .. }) => hashed,
+        };
+        match reply {
+            Ok(Reply::Inflated { inflated }) if inflated == hashed.bytes => Stream::Whole(hashed),
+            Ok(Reply::Inflated { inflated }) => Stream::Failed(anyhow!(
+                "the inflater wrote {inflated} bytes of the layer, yet {} came through its ring",
+                hashed.bytes
+            )),
+            Ok(other) => {
+                Stream::Failed(anyhow!("the inflater gave an unexpected reply: {other:?}"))
+            }
+            Err(err) => Stream::Failed(err),
         }
-        Source::Inflater(Err(err)) => Stream::Failed(err),
-    };
-    match (stream, applier) {
+    }
+}
+
+/// The one outcome of a layer whose stream was passed on from `source` and whose applier
+/// replied `applier` (its reply, or why it has none). Failures are told in the order they
+/// happened in the stream: an applier whose stream ended early (it applied what it got, or its
+/// archive was cut short) tells less than the inflater's failure, which came first; an applier
+/// that failed of itself, on bytes the inflater had already passed on, came first.
+pub fn verdict(source: Source, applier: Result<Reply>) -> Result<AppliedLayer> {
+    match (Stream::of(source), applier) {
         (Stream::Failed(err), Ok(Reply::Applied(_) | Reply::CutShort { .. })) => Err(err),
         (_, Err(err)) => Err(err),
         (_, Ok(Reply::CutShort { cut_short })) => Err(anyhow!(cut_short)),
@@ -102,18 +145,36 @@ mod tests {
         }))
     }
 
-    fn inflated(bytes: u64) -> Source {
-        Source::Inflater(Ok(Reply::Inflated(Inflated {
+    /// A relay that took `bytes` and passed on `passed`, and the inflater's `reply`.
+    fn relayed(passed: Passed, bytes: u64, reply: Result<Reply>) -> Source {
+        let hashed = Hashed {
             diff_id: Digest::of_bytes(b"stream"),
             bytes,
-        })))
+        };
+        Source::Inflater {
+            relayed: Ok(Relayed { passed, hashed }),
+            reply,
+        }
+    }
+
+    fn inflated(bytes: u64) -> Source {
+        relayed(
+            Passed::Whole,
+            bytes,
+            Ok(Reply::Inflated { inflated: bytes }),
+        )
+    }
+
+    /// An inflater that failed after writing 512 bytes.
+    fn inflater_failed(why: &str) -> Source {
+        relayed(Passed::Whole, 512, failed(why))
     }
 
     fn blob(size: u64) -> Source {
         Source::Blob {
             digest: Digest::of_bytes(b"blob"),
             size,
-            hung_up_after: None,
+            passed: Passed::Whole,
         }
     }
 
@@ -130,9 +191,10 @@ mod tests {
     }
 
     fn hung_up(after: u64) -> Source {
-        Source::Inflater(Ok(Reply::HungUp {
+        let reply = Ok(Reply::HungUp {
             hung_up_after: after,
-        }))
+        });
+        relayed(Passed::HungUp(after), after, reply)
     }
 
     #[test]
@@ -161,19 +223,19 @@ mod tests {
             ),
             (
                 "a corrupt stream explains the archive cut short",
-                Source::Inflater(failed("gzip stream is corrupt")),
+                inflater_failed("gzip stream is corrupt"),
                 cut_short(),
                 Err("gzip stream is corrupt"),
             ),
             (
                 "and an applier that took the end for the archive's",
-                Source::Inflater(failed("gzip stream is truncated")),
+                inflater_failed("gzip stream is truncated"),
                 applied(512),
                 Err("gzip stream is truncated"),
             ),
             (
                 "an applier failing of itself failed first",
-                Source::Inflater(failed("gzip stream is corrupt")),
+                inflater_failed("gzip stream is corrupt"),
                 failed("entry \"f\": invalid tar header"),
                 Err("invalid tar header"),
             ),
@@ -200,31 +262,59 @@ mod tests {
                 Source::Blob {
                     digest: Digest::of_bytes(b"blob"),
                     size: 4096,
-                    hung_up_after: Some(512),
+                    passed: Passed::HungUp(512),
                 },
                 applied(4096),
                 Err("stopped reading the layer after 512 bytes"),
             ),
             (
                 "an inflater that died without a reply",
-                Source::Inflater(failed("strata-helper was killed by signal 31")),
+                inflater_failed("strata-helper was killed by signal 31"),
                 applied(0),
                 Err("killed by signal 31"),
             ),
             (
                 "an inflater that replied as an applier",
-                Source::Inflater(applied(10)),
+                relayed(Passed::Whole, 10, applied(10)),
                 applied(10),
                 Err("the inflater gave an unexpected reply"),
             ),
             (
                 "an applier that replied as an inflater",
                 inflated(10),
-                Ok(Reply::Inflated(Inflated {
-                    diff_id: Digest::of_bytes(b"forged"),
-                    bytes: 10,
-                })),
+                Ok(Reply::Inflated { inflated: 10 }),
                 Err("unexpected reply to apply"),
+            ),
+            (
+                "an inflater whose count is not what came through",
+                relayed(Passed::Whole, 1024, Ok(Reply::Inflated { inflated: 2048 })),
+                applied(1024),
+                Err("the inflater wrote 2048 bytes of the layer, yet 1024 came through"),
+            ),
+            (
+                "an inflater that says it was hung up on, when its ring went whole",
+                relayed(
+                    Passed::Whole,
+                    1024,
+                    Ok(Reply::HungUp { hung_up_after: 512 }),
+                ),
+                applied(1024),
+                Err("the inflater gave an unexpected reply"),
+            ),
+            (
+                "a relay that failed on what the inflater announced",
+                Source::Inflater {
+                    relayed: Err(anyhow!("slot 3 of 10 bytes announced where slot 2 was due")),
+                    reply: Ok(Reply::HungUp { hung_up_after: 512 }),
+                },
+                cut_short(),
+                Err("announced where slot 2 was due"),
+            ),
+            (
+                "an applier that failed before the inflater did",
+                relayed(Passed::HungUp(4096), 4096, failed("zstd stream is corrupt")),
+                failed("entry \"f\": invalid tar header"),
+                Err("invalid tar header"),
             ),
         ];
         for (row, source, applier, expected) in rows {
@@ -249,7 +339,7 @@ mod tests {
         };
         let err = verdict(inflated(10), needs()).unwrap_err();
         assert!(err.is::<NeedsLowers>(), "{err:#}");
-        let err = verdict(Source::Inflater(failed("zstd stream is corrupt")), needs()).unwrap_err();
+        let err = verdict(inflater_failed("zstd stream is corrupt"), needs()).unwrap_err();
         assert!(err.is::<NeedsLowers>(), "{err:#}");
     }
 }

@@ -12,10 +12,8 @@
 
 #![deny(missing_docs)]
 
-mod digest;
 mod idmap;
 mod messages;
 
-pub use digest::{Digest, Hasher, InvalidDigest};
 pub use idmap::{IdMap, IdRange};
 pub use messages::*;

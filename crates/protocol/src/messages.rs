@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Digest, IdMap};
+use crate::IdMap;
 
 /// The fd on which the helper writes its one-line reply.
 pub const RESULT_FD: i32 = 3;
@@ -27,10 +27,11 @@ pub const MAPS_READY: [u8; 1] = *b"R";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// The inflater: decompress the layer on stdin into the ring on [`RING_FD`] (announcing
-    /// its slots on stdout) and hash what comes out, holding nothing but those and the result
-    /// pipe. It answers [`Reply::Inflated`] (or [`Reply::HungUp`]), so that the diff ID never
-    /// comes from the process that parses tar and writes files. The value is what the layer's
+    /// The inflater: decompress the layer on stdin into the ring on [`RING_FD`], announcing
+    /// its slots on stdout, holding nothing but those and the result pipe. It answers
+    /// [`Reply::Inflated`] (or [`Reply::HungUp`]). It hashes nothing: the parent hashes the
+    /// stream as it copies it into the applier's ring, so that no process that parses layer
+    /// data (decompressor or tar reader) computes the diff ID. The value is what the layer's
     /// media type declares.
     Inflate(Compression),
     /// A job in the sandbox.
@@ -160,22 +161,13 @@ pub struct Applied {
     /// Tar entries read.
     pub entries: u64,
     /// Bytes of the stream read, trailing data included: the parent checks them against the
-    /// inflater's count (or the blob's size).
+    /// bytes it put in the applier's ring.
     pub bytes: u64,
     /// What could not be reproduced: the first thousand paths, in entry order,
     pub skipped: Vec<Skipped>,
     /// and how many more there were.
     #[serde(default)]
     pub skipped_omitted: u64,
-}
-
-/// The inflater's account of a whole layer stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Inflated {
-    /// SHA-256 of the uncompressed stream.
-    pub diff_id: Digest,
-    /// Its length.
-    pub bytes: u64,
 }
 
 /// The helper's one answer.
@@ -190,10 +182,13 @@ pub enum Reply {
     /// A layer was applied.
     Applied(Applied),
     /// The inflater's account: the layer's stream was written out whole.
-    Inflated(Inflated),
-    /// The inflater's account when the applier stopped reading: how many bytes it took.
+    Inflated {
+        /// Its length.
+        inflated: u64,
+    },
+    /// The inflater's account when its reader stopped reading: how many bytes it took.
     HungUp {
-        /// Bytes written before the applier hung up.
+        /// Bytes written before the reader hung up.
         hung_up_after: u64,
     },
     /// The applier's failure when its stream ended inside the archive: either the archive is

@@ -1,14 +1,15 @@
 //! A layer's tar stream handed from one process to another without copies: a ring of slots in
 //! shared memory, a pipe that announces each filled slot, and a pipe that gives slots back.
 //!
-//! The writer (the inflater, or strata itself for an uncompressed blob) fills the slots in
-//! order and announces each one, with its length, once it is done with it (the inflater, once
-//! it has hashed it). The reader (the applier) reads the announced slots in place and gives each
-//! back once every use of it has ended; the writer refills a slot only once it is given back.
-//! The end of the announcements is the end of the stream.
+//! The writer fills the slots in order and announces each one, with its length, once it is done
+//! with it. The reader reads the announced slots in place and gives each back once every use of
+//! it has ended; the writer refills a slot only once it is given back. The end of the
+//! announcements is the end of the stream. A layer has one ring or two: the inflater writes one
+//! that strata reads; strata writes the applier's, hashing each slot before it announces it.
 //!
-//! The reader maps the ring read-only from a read-only descriptor, so it can neither change a
-//! slot the writer hashed nor map it writable later: what it reads is what was hashed.
+//! The reader maps the ring read-only from a read-only descriptor, and once the writer has
+//! mapped it no one else can write it, so a reader can neither change a slot the writer hashed
+//! nor map it writable later: what it reads is what was hashed.
 //!
 //! [`PageBuf`] is the buffer to copy layer bytes into: page-aligned, as the slots are.
 
@@ -161,6 +162,11 @@ pub struct Filled {
 }
 
 impl Filled {
+    /// How many bytes were written in the slot.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// Whether the stream ended: nothing was written in the slot.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -169,27 +175,26 @@ impl Filled {
 
 impl Filler {
     /// Waits until the next slot is given back, and fills it with `fill`, which returns how
-    /// many bytes it wrote (0: the stream ended). `None` if the reader hung up.
-    pub fn fill(
+    /// many bytes it wrote (0: the stream ended). `None` if the reader hung up. `fill`'s
+    /// errors come back as they are.
+    pub fn fill<E: From<io::Error>>(
         &mut self,
-        fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
-    ) -> io::Result<Option<Filled>> {
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<Option<Filled>, E> {
         while self.filled - self.taken_back == SLOTS as u64 {
             let mut back = [0u8; SLOTS];
             let n = match self.given_back.read(&mut back) {
                 Ok(0) => return Ok(None),
                 Ok(n) => n as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             // A slot not yet announced may still be in use here (being hashed): a reader
             // that gives it back has not read it, and is not to be believed.
             let announced = self.shared.announced.load(Ordering::Acquire);
             if self.taken_back + n > announced {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the reader gave back a slot it was never given",
-                ));
+                let why = "the reader gave back a slot it was never given";
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why).into());
             }
             self.taken_back += n;
         }
@@ -384,6 +389,11 @@ mod tests {
         });
     }
 
+    /// Fills the next slot to its end.
+    fn fill_whole(filler: &mut Filler) -> io::Result<Option<Filled>> {
+        filler.fill(|slot| Ok(slot.len()))
+    }
+
     /// Whether the ring can be mapped writable through `fd`.
     fn maps_writable(fd: impl AsFd) -> bool {
         Mapping::new(fd, libc::PROT_READ | libc::PROT_WRITE).is_ok()
@@ -419,7 +429,7 @@ mod tests {
         assert!(reopened.write_all(b"x").is_err());
         assert!(!maps_writable(&reopened));
         // The writer's own mapping still writes.
-        filler.fill(|slot| Ok(slot.len())).unwrap().unwrap();
+        fill_whole(&mut filler).unwrap().unwrap();
     }
 
     #[test]
@@ -429,10 +439,10 @@ mod tests {
         let (given_back, mut give_back) = pipe();
         let (mut filler, _announcer) = writer(&writable, announce, given_back).unwrap();
         for _ in 0..SLOTS {
-            filler.fill(|slot| Ok(slot.len())).unwrap().unwrap();
+            fill_whole(&mut filler).unwrap().unwrap();
         }
         give_back.write_all(&[0]).unwrap();
-        let err = filler.fill(|slot| Ok(slot.len())).unwrap_err();
+        let err = fill_whole(&mut filler).unwrap_err();
         assert!(err.to_string().contains("never given"), "{err}");
     }
 
@@ -443,12 +453,12 @@ mod tests {
         let (given_back, give_back) = pipe();
         let (mut filler, mut announcer) = writer(&writable, announce, given_back).unwrap();
         drop((announced, give_back));
-        let filled = filler.fill(|slot| Ok(slot.len())).unwrap().unwrap();
+        let filled = fill_whole(&mut filler).unwrap().unwrap();
         assert!(announcer.announce(filled).is_err());
         for _ in 1..SLOTS {
-            filler.fill(|slot| Ok(slot.len())).unwrap().unwrap();
+            fill_whole(&mut filler).unwrap().unwrap();
         }
-        assert!(filler.fill(|slot| Ok(slot.len())).unwrap().is_none());
+        assert!(fill_whole(&mut filler).unwrap().is_none());
     }
 }
 
