@@ -347,15 +347,16 @@ impl Started {
                         .unwrap_or_else(|_| Err(anyhow!("the relay thread panicked")));
                     (sent, relayed)
                 });
-                // Read first: the inflater's reply is small and comes once its output is
-                // taken, before the applier's, which may be large and waits for that end.
+                // The relay is done, so the inflater has ended its stream or been hung up
+                // on: its reply comes now, before the applier's.
                 let reply = inflater.reply();
                 (Source::Inflater { relayed, reply }, sent)
             }
             Feed::Blob => {
                 let (passed, sent) = match blob.fill(ring) {
                     Ok(passed) => (passed, Ok(())),
-                    // The blob failed to verify: told first, whatever the applier made of it.
+                    // Told first, whatever the applier made of it: a blob that fails to
+                    // verify is first of all a mismatch.
                     Err(err) => (Passed::Whole, Err(err)),
                 };
                 let source = Source::Blob {
