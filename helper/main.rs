@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use nix::unistd::getppid;
 use strata_protocol::{
     CONTROL_FD, GIVEN_BACK_FD, NeedsLowers, Onto, Op, RESULT_FD, RING_FD, Reply, Request, Role,
+    Whiteouts,
 };
 
 fn main() -> ExitCode {
@@ -132,6 +133,7 @@ enum Job {
         onto: OpenOnto,
         /// A second tree to write, which Landlock lets the helper write.
         also_to: Option<OwnedFd>,
+        whiteouts: Whiteouts,
     },
     Copy {
         /// Which Landlock lets the helper read.
@@ -158,7 +160,11 @@ impl Job {
         let open =
             |dir: &Path| tree::open_dir(dir).with_context(|| format!("opening {}", dir.display()));
         Ok(match &request.op {
-            Op::Apply { onto, also_to } => {
+            Op::Apply {
+                onto,
+                also_to,
+                whiteouts,
+            } => {
                 let onto = match onto {
                     Onto::Plain => OpenOnto::Plain,
                     Onto::Parentless => OpenOnto::Parentless,
@@ -176,7 +182,11 @@ impl Job {
                     }
                 };
                 let also_to = also_to.as_deref().map(open).transpose()?;
-                Job::Apply { onto, also_to }
+                Job::Apply {
+                    onto,
+                    also_to,
+                    whiteouts: *whiteouts,
+                }
             }
             Op::Copy { sources } => Job::Copy {
                 source: open_source(sources)?,
@@ -218,7 +228,11 @@ impl Job {
     /// Does the job in the tree at `root`; `mapped_ids` is how many ids the namespace maps.
     fn run(self, root: BorrowedFd, mapped_ids: u64) -> Result<Reply> {
         match self {
-            Job::Apply { onto, also_to } => {
+            Job::Apply {
+                onto,
+                also_to,
+                whiteouts,
+            } => {
                 let (ring, announced, give_back) = adopt_ring(0)?;
                 let input = strata_ring::Reader::new(&ring, announced, give_back)
                     .context("mapping the layer's ring")?;
@@ -240,7 +254,7 @@ impl Job {
                 let trees: Vec<_> = std::iter::once(main)
                     .chain(also_to.as_ref().map(|fd| extract::Tree::Plain(fd.as_fd())))
                     .collect();
-                let applied = extract::apply_layer(input, &trees, mapped_ids)?;
+                let applied = extract::apply_layer(input, &trees, mapped_ids, whiteouts)?;
                 Ok(Reply::Applied(applied))
             }
             Job::Copy { source } => {

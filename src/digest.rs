@@ -74,6 +74,15 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+/// A stream's digest and length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hashed {
+    /// Its SHA-256.
+    pub digest: Digest,
+    /// Its length.
+    pub bytes: u64,
+}
+
 /// SHA-256 and length of the bytes fed to it.
 #[derive(Clone, Default)]
 pub struct Hasher {
@@ -99,8 +108,11 @@ impl Hasher {
     }
 
     /// The digest and length of everything hashed.
-    pub fn finish(self) -> (Digest, u64) {
-        (Digest::from_hasher(self.sha), self.bytes)
+    pub fn finish(self) -> Hashed {
+        Hashed {
+            digest: Digest::from_hasher(self.sha),
+            bytes: self.bytes,
+        }
     }
 }
 
@@ -118,69 +130,79 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     chain
 }
 
-/// Checks a blob against its descriptor as its bytes go by: one byte too many fails at once,
-/// and at the end both the size and the digest must match.
+/// What a blob must be.
+#[derive(Clone, Debug)]
+pub enum Expected {
+    /// What its descriptor says: this digest and this size.
+    Descriptor {
+        /// Its digest.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// This digest, whatever its size: a digest the user gave (`strata extract --sha256`).
+    Digest(Digest),
+    /// Anything: its digest is only computed.
+    Anything,
+}
+
+/// Checks a blob against what it must be as its bytes go by: one byte more than its descriptor
+/// declares fails at once, and at the end its size and digest must match.
 pub struct Verifier {
     hasher: Hasher,
-    digest: Digest,
-    size: u64,
+    expected: Expected,
 }
 
-/// A blob that is not what its descriptor says.
+/// A blob that is not what it must be.
 #[derive(Debug, thiserror::Error)]
-#[error("blob {digest} {what}")]
-pub struct BlobMismatch {
-    digest: Digest,
-    what: String,
-}
+#[error("{0}")]
+pub struct BlobMismatch(String);
 
 impl Verifier {
-    /// Checks for a blob of `size` bytes with `digest`.
-    pub fn new(digest: &Digest, size: u64) -> Self {
+    /// Checks for a blob that must be `expected`.
+    pub fn new(expected: Expected) -> Self {
         Verifier {
             hasher: Hasher::new(),
-            digest: digest.clone(),
-            size,
+            expected,
         }
     }
 
     /// The next bytes of the blob; an error as soon as there are too many.
     pub fn update(&mut self, bytes: &[u8]) -> Result<(), BlobMismatch> {
         self.hasher.update(bytes);
-        if self.hasher.bytes() > self.size {
-            return Err(self.mismatch(format!(
-                "is larger than the {} bytes its descriptor declares",
-                self.size
-            )));
+        match &self.expected {
+            Expected::Descriptor { digest, size } if self.hasher.bytes() > *size => {
+                Err(BlobMismatch(format!(
+                    "blob {digest} is larger than the {size} bytes its descriptor declares"
+                )))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// How many more bytes the descriptor allows, plus one to notice a blob that is too long.
+    /// How many more bytes may come, plus one to notice a blob that is too long.
     pub fn wanted(&self) -> u64 {
-        (self.size - self.hasher.bytes()).saturating_add(1)
+        match &self.expected {
+            Expected::Descriptor { size, .. } => (size - self.hasher.bytes()).saturating_add(1),
+            _ => u64::MAX,
+        }
     }
 
-    /// At the end of the blob.
-    pub fn finish(self) -> Result<(), BlobMismatch> {
-        let seen = self.hasher.bytes();
-        if seen != self.size {
-            return Err(self.mismatch(format!(
-                "has {seen} bytes but its descriptor declares {}",
-                self.size
-            )));
-        }
-        let (actual, _) = self.hasher.clone().finish();
-        if actual != self.digest {
-            return Err(self.mismatch(format!("does not match its content (digest {actual})")));
-        }
-        Ok(())
-    }
-
-    fn mismatch(&self, what: String) -> BlobMismatch {
-        BlobMismatch {
-            digest: self.digest.clone(),
-            what,
+    /// At the end of the blob: its digest and length, if it is what it must be.
+    pub fn finish(self) -> Result<Hashed, BlobMismatch> {
+        let hashed = self.hasher.finish();
+        let (actual, seen) = (&hashed.digest, hashed.bytes);
+        match self.expected {
+            Expected::Descriptor { digest, size } if seen != size => Err(BlobMismatch(format!(
+                "blob {digest} has {seen} bytes but its descriptor declares {size}"
+            ))),
+            Expected::Descriptor { digest, .. } if *actual != digest => Err(BlobMismatch(format!(
+                "blob {digest} does not match its content (digest {actual})"
+            ))),
+            Expected::Digest(digest) if *actual != digest => Err(BlobMismatch(format!(
+                "its digest is {actual}, not {digest}"
+            ))),
+            _ => Ok(hashed),
         }
     }
 }
@@ -192,18 +214,32 @@ mod tests {
     #[test]
     fn verifier_checks_size_and_digest() {
         let digest = Digest::of_bytes(b"blob");
-        let check = |data: &[u8], size: u64| {
-            let mut verifier = Verifier::new(&digest, size);
+        let check = |data: &[u8], expected: Expected| {
+            let mut verifier = Verifier::new(expected);
             for byte in data.chunks(1) {
                 verifier.update(byte)?;
             }
             verifier.finish()
         };
-        assert!(check(b"blob", 4).is_ok());
-        let message = |result: Result<(), BlobMismatch>| result.unwrap_err().to_string();
-        assert!(message(check(b"blob", 3)).contains("larger than the 3 bytes"));
-        assert!(message(check(b"blo", 3)).contains("does not match"));
-        assert!(message(check(b"blob", 5)).contains("has 4 bytes"));
+        let descriptor = |size| Expected::Descriptor {
+            digest: digest.clone(),
+            size,
+        };
+        let message = |result: Result<Hashed, BlobMismatch>| result.unwrap_err().to_string();
+        assert_eq!(check(b"blob", descriptor(4)).unwrap().digest, digest);
+        assert!(message(check(b"blob", descriptor(3))).contains("larger than the 3 bytes"));
+        assert!(message(check(b"blo", descriptor(3))).contains("does not match"));
+        assert!(message(check(b"blob", descriptor(5))).contains("has 4 bytes"));
+        assert_eq!(
+            check(b"blob", Expected::Digest(digest.clone()))
+                .unwrap()
+                .digest,
+            digest
+        );
+        let other = Digest::of_bytes(b"other");
+        let err = message(check(b"other", Expected::Digest(digest.clone())));
+        assert!(err.contains(&format!("is {other}, not {digest}")), "{err}");
+        assert_eq!(check(b"other", Expected::Anything).unwrap().digest, other);
     }
 
     #[test]
@@ -235,10 +271,10 @@ mod tests {
         let mut hasher = Hasher::new();
         hasher.update(b"a");
         hasher.update(b"bc");
-        let (digest, bytes) = hasher.finish();
-        assert_eq!(bytes, 3);
+        let hashed = hasher.finish();
+        assert_eq!(hashed.bytes, 3);
         assert_eq!(
-            digest.as_str(),
+            hashed.digest.as_str(),
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

@@ -10,6 +10,7 @@
 
 mod dest;
 pub mod digest;
+mod extract;
 pub mod image;
 pub mod plan;
 pub use strata_protocol as protocol;
@@ -18,4 +19,5 @@ pub mod store;
 mod unpack;
 pub mod upkeep;
 
+pub use extract::{Archive, ArchiveCompression, ExtractOptions, ExtractReport, extract};
 pub use unpack::{LayerReport, Options, Progress, Report, unpack};

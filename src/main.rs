@@ -7,9 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use strata::digest::Digest;
 use strata::sandbox::IdMapMode;
 use strata::store::SnapshotterMode;
-use strata::{Options, Progress, upkeep};
+use strata::{Archive, ArchiveCompression, ExtractOptions, Options, Progress, upkeep};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Unpack IMAGE into the root filesystem DEST.
     Unpack(UnpackArgs),
+    /// Extract a tar archive (ARCHIVE, or - for stdin) into DEST, sandboxed as a layer is:
+    /// a safe `tar -xf` for build scripts. `.wh.` names are plain files here.
+    Extract(ExtractArgs),
     /// List the store's snapshots: chain ID, size, last use, the images that need them.
     Ls {
         #[command(flatten)]
@@ -104,6 +108,50 @@ struct UnpackArgs {
     dest: PathBuf,
 }
 
+#[derive(Args)]
+struct ExtractArgs {
+    /// The SHA-256 the archive must have, as 64 hex digits (or sha256:HEX): anything else is
+    /// refused, and DEST not made.
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    /// What the archive is compressed with: auto reads its first bytes.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Auto)]
+    compression: CompressionArg,
+    /// Ids to map, as `unpack`'s: the archive's owners with the user's subordinate range when
+    /// it works (auto), or every file the user's (single; owners kept in an xattr).
+    #[arg(long, value_enum, default_value_t = IdMapArg::Auto)]
+    idmap: IdMapArg,
+    /// Print one JSON report on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No warnings on stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// The tar archive, plain, gzip or zstd; - reads stdin.
+    archive: PathBuf,
+    /// Directory to create: must not exist, or be an empty directory.
+    dest: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompressionArg {
+    Auto,
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl From<CompressionArg> for ArchiveCompression {
+    fn from(arg: CompressionArg) -> ArchiveCompression {
+        match arg {
+            CompressionArg::Auto => ArchiveCompression::Auto,
+            CompressionArg::Gzip => ArchiveCompression::Gzip,
+            CompressionArg::Zstd => ArchiveCompression::Zstd,
+            CompressionArg::None => ArchiveCompression::None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum IdMapArg {
     Auto,
@@ -164,6 +212,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Unpack(args) => unpack(args),
+        Command::Extract(args) => extract(args),
         Command::Ls { store, json } => ls(&store.resolve()?, json),
         Command::Rm { store, image } => rm(&store.resolve()?, &image),
         Command::Gc { store } => gc(&store.resolve()?),
@@ -197,6 +246,42 @@ fn unpack(args: UnpackArgs) -> Result<()> {
         Progress::Warning(warning) if !args.quiet => eprintln!("strata: warning: {warning}"),
         event if show_progress => print_progress(&event),
         _ => {}
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn extract(args: ExtractArgs) -> Result<()> {
+    let sha256 = args
+        .sha256
+        .map(|hex| {
+            let text = if hex.starts_with("sha256:") {
+                hex
+            } else {
+                format!("sha256:{hex}")
+            };
+            Digest::parse(&text.to_ascii_lowercase())
+        })
+        .transpose()?;
+    let options = ExtractOptions {
+        archive: if args.archive == Path::new("-") {
+            Archive::Stdin
+        } else {
+            Archive::Path(args.archive)
+        },
+        dest: args.dest,
+        sha256,
+        compression: args.compression.into(),
+        idmap: args.idmap.into(),
+    };
+    let report = strata::extract(&options, &mut |event| {
+        if let Progress::Warning(warning) = event
+            && !args.quiet
+        {
+            eprintln!("strata: warning: {warning}");
+        }
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

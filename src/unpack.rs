@@ -443,7 +443,9 @@ fn extract(
     let run = || -> Result<Applied> {
         let file = image.layout.open_blob(&layer.digest)?;
         let blob = Blob::new(file, &layer.digest, layer.size, layer.compression);
-        let AppliedLayer { diff_id, applied } = apply(&blob)?;
+        let AppliedLayer {
+            diff_id, applied, ..
+        } = apply(&blob)?;
         if diff_id != layer.diff_id {
             bail!(
                 "diff ID mismatch: the config lists {} but the layer decompresses to {diff_id}",

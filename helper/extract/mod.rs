@@ -16,7 +16,7 @@ use std::thread;
 use anyhow::{Result, anyhow};
 
 use crate::chunks::{self, ChunkReader};
-use strata_protocol::{Applied, Skipped};
+use strata_protocol::{Applied, Skipped, Whiteouts};
 
 /// A tree a layer is applied to.
 #[derive(Clone, Copy)]
@@ -72,11 +72,17 @@ impl<'a> Tree<'a> {
 
 /// Applies the tar stream in the ring `input` to each of `trees` (the first one's account of it
 /// is returned), reading it to its end. `mapped_ids` is how many ids the caller's user namespace
-/// maps from 0; owners beyond them are recorded, not set.
+/// maps from 0; owners beyond them are recorded, not set. `whiteouts` says whether the stream is
+/// a layer or a plain archive.
 ///
 /// Every job has its own thread: reading the stream, and applying it to each tree; so creating
 /// files, which on most disks is the slower part, overlaps with the rest.
-pub fn apply_layer(input: strata_ring::Reader, trees: &[Tree], mapped_ids: u64) -> Result<Applied> {
+pub fn apply_layer(
+    input: strata_ring::Reader,
+    trees: &[Tree],
+    mapped_ids: u64,
+    whiteouts: Whiteouts,
+) -> Result<Applied> {
     let (mut readers, mut appliers) = (Vec::new(), Vec::new());
     for &tree in trees {
         let (sender, chunks) = chunks::channel();
@@ -94,7 +100,7 @@ pub fn apply_layer(input: strata_ring::Reader, trees: &[Tree], mapped_ids: u64) 
             .map(|(tree, chunks)| {
                 let failed = &failed;
                 scope.spawn(move || {
-                    let applied = extract(chunks, tree, mapped_ids, writer_threads);
+                    let applied = extract(chunks, tree, mapped_ids, whiteouts, writer_threads);
                     // The first failure is the one to report: the others may only be
                     // the stream stopping short because of it.
                     let first = applied.is_err() && !failed.swap(true, Ordering::Relaxed);
@@ -161,12 +167,13 @@ fn extract(
     stream: ChunkReader,
     tree: Tree,
     mapped_ids: u64,
+    whiteouts: Whiteouts,
     writer_threads: usize,
 ) -> Result<(u64, (Vec<Skipped>, u64))> {
     thread::scope(|scope| {
         let writers = writers::Writers::start(scope, writer_threads);
         let mut archive = strata_tar::Archive::new(stream);
-        let mut applier = apply::Applier::new(tree, mapped_ids, &writers);
+        let mut applier = apply::Applier::new(tree, mapped_ids, whiteouts, &writers);
         let mut entries = 0u64;
         while let Some(header) = archive
             .next_header()
@@ -259,16 +266,21 @@ pub(crate) mod tests {
     }
 
     /// Applies the tar stream `stream`, through `ring`, to the directory `root`.
-    fn apply_through(ring: Ring, root: &Path, stream: &[u8]) -> Result<Applied> {
+    fn apply_through(
+        ring: Ring,
+        root: &Path,
+        stream: &[u8],
+        whiteouts: Whiteouts,
+    ) -> Result<Applied> {
         let dir = fs::File::open(root).unwrap();
         std::thread::scope(|scope| {
             let input = crate::chunks::tests::streamed(scope, ring, stream);
-            apply_layer(input, &[Tree::Plain(dir.as_fd())], 1)
+            apply_layer(input, &[Tree::Plain(dir.as_fd())], 1, whiteouts)
         })
     }
 
     fn apply_stream(root: &Path, stream: &[u8]) -> Result<Applied> {
-        apply_through(ring(), root, stream)
+        apply_through(ring(), root, stream, Whiteouts::Apply)
     }
 
     fn apply(root: &Path, entries: &[E]) -> Result<Applied> {
@@ -286,10 +298,29 @@ pub(crate) mod tests {
         let mut entries = vec![E::Dir("d")];
         entries.extend(names.iter().map(|name| E::File(name, "small")));
         entries.extend([E::Symlink("s", "d"), E::Hardlink("d/link", "d/f0")]);
-        let applied = apply_through(ring, root, &tar_of(&entries)).unwrap();
+        let applied = apply_through(ring, root, &tar_of(&entries), Whiteouts::Apply).unwrap();
         assert_eq!(applied.entries, 203);
         assert_eq!(fs::read_dir(root.join("d")).unwrap().count(), 201);
         assert_eq!(read(&root.join("s/f199")), "small");
+    }
+
+    #[test]
+    fn a_plain_archive_makes_files_of_what_a_layer_takes_for_whiteouts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/lower"), "lower").unwrap();
+        let entries = [
+            E::Dir("d"),
+            E::File("d/.wh.lower", "kept"),
+            E::File("d/.wh..wh..opq", "marker"),
+            E::File(".wh..wh.plnk", "aufs"),
+        ];
+        apply_through(ring(), root, &tar_of(&entries), Whiteouts::Keep).unwrap();
+        assert_eq!(read(&root.join("d/lower")), "lower");
+        assert_eq!(read(&root.join("d/.wh.lower")), "kept");
+        assert_eq!(read(&root.join("d/.wh..wh..opq")), "marker");
+        assert_eq!(read(&root.join(".wh..wh.plnk")), "aufs");
     }
 
     #[test]

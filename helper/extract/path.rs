@@ -7,6 +7,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use strata_protocol::Whiteouts;
+
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// AUFS bookkeeping names (`.wh..wh.plnk`, `.wh..wh.aufs`) share this prefix.
@@ -73,7 +75,12 @@ pub enum Action<'a> {
     AufsMeta,
 }
 
-pub fn classify(path: &Path) -> Result<Action<'_>, NameError> {
+/// What `path` asks for under `whiteouts`: in a plain archive ([`Whiteouts::Keep`]), every
+/// name is a name.
+pub fn classify(path: &Path, whiteouts: Whiteouts) -> Result<Action<'_>, NameError> {
+    if whiteouts == Whiteouts::Keep {
+        return Ok(Action::Create);
+    }
     let Some(name) = path.file_name().map(OsStrExt::as_bytes) else {
         return Ok(Action::Create);
     };
@@ -218,47 +225,37 @@ mod tests {
     }
 
     #[test]
-    fn classifies_whiteouts() {
-        let p = norm("etc/.wh.passwd").unwrap();
-        assert_eq!(
-            classify(&p).unwrap(),
-            Action::Whiteout {
-                target: PathBuf::from("etc/passwd")
-            }
-        );
-        let p = norm(".wh.top").unwrap();
-        assert_eq!(
-            classify(&p).unwrap(),
-            Action::Whiteout {
-                target: PathBuf::from("top")
-            }
-        );
-        let p = norm("var/.wh..wh..opq").unwrap();
-        assert_eq!(
-            classify(&p).unwrap(),
-            Action::Opaque {
-                dir: Path::new("var")
-            }
-        );
-        let p = norm(".wh..wh..opq").unwrap();
-        assert_eq!(classify(&p).unwrap(), Action::Opaque { dir: Path::new("") });
-        let p = norm("x/.wh..wh.plnk").unwrap();
-        assert_eq!(classify(&p).unwrap(), Action::AufsMeta);
-        let p = norm("etc/passwd.wh.x").unwrap();
-        assert_eq!(classify(&p).unwrap(), Action::Create);
-        assert_eq!(classify(Path::new("")).unwrap(), Action::Create);
-    }
-
-    #[test]
-    fn refuses_bad_whiteouts() {
-        assert_eq!(
-            classify(&norm("a/.wh.").unwrap()),
-            Err(NameError::BareWhiteout)
-        );
-        assert!(matches!(
-            classify(&norm("a/.wh...").unwrap()),
-            Err(NameError::WhiteoutEscape(_))
-        ));
+    fn classifies_whiteouts_in_a_layer_and_keeps_them_in_an_archive() {
+        let whiteout = |target: &str| {
+            Ok(Action::Whiteout {
+                target: PathBuf::from(target),
+            })
+        };
+        let rows: [(&str, Result<Action, NameError>); 9] = [
+            ("etc/.wh.passwd", whiteout("etc/passwd")),
+            (".wh.top", whiteout("top")),
+            (
+                "var/.wh..wh..opq",
+                Ok(Action::Opaque {
+                    dir: Path::new("var"),
+                }),
+            ),
+            (".wh..wh..opq", Ok(Action::Opaque { dir: Path::new("") })),
+            ("x/.wh..wh.plnk", Ok(Action::AufsMeta)),
+            ("etc/passwd.wh.x", Ok(Action::Create)),
+            ("", Ok(Action::Create)),
+            ("a/.wh.", Err(NameError::BareWhiteout)),
+            ("a/.wh...", Err(NameError::WhiteoutEscape("..".into()))),
+        ];
+        for (name, in_a_layer) in rows {
+            let path = norm(name).unwrap();
+            assert_eq!(classify(&path, Whiteouts::Apply), in_a_layer, "{name:?}");
+            assert_eq!(
+                classify(&path, Whiteouts::Keep),
+                Ok(Action::Create),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

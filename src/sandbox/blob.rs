@@ -1,18 +1,20 @@
-//! A layer blob on its way into a helper, checked against its descriptor as it goes: into an
+//! A blob on its way into a helper, checked as it goes against what it must be: into an
 //! inflater's stdin, moved from the page cache to the pipe by `splice` after a read to hash
-//! it; or, when the blob is the tar stream, read straight into the applier's ring.
+//! it; or, when the blob is the tar stream, read straight into the applier's ring. A layer's
+//! blob is a file; an archive given to `strata extract` may also be a pipe, read once.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::sync::Mutex;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice};
 use nix::sys::uio::pread;
 
 use super::pass::{Passed, Stream, pass};
-use crate::digest::{Digest, Verifier};
+use crate::digest::{Digest, Expected, Hashed, Verifier};
 use crate::protocol::Compression;
 use strata_ring::{Announcer, Filler, PageBuf};
 
@@ -23,24 +25,80 @@ const PIPE_SIZE: usize = 1 << 20;
 /// soon as there is something for it.
 const STEP: usize = 64 << 10;
 
-/// A layer's blob, to send to a helper and check on the way.
+/// A blob, to send to a helper and check on the way.
 pub struct Blob {
-    file: File,
-    digest: Digest,
-    size: u64,
+    input: Input,
+    /// What it is called in messages: its digest, or the archive's name.
+    name: String,
+    expected: Expected,
     compression: Compression,
 }
 
+/// Where a blob's bytes are read.
+enum Input {
+    /// A file, read at offsets: its pages can be spliced, and read again.
+    File(File),
+    /// A pipe or another stream, read once, in order.
+    Stream(Mutex<Once>),
+}
+
+/// A stream read once: its first bytes are kept, as the compression is read from them before
+/// the stream is sent.
+struct Once {
+    input: File,
+    head: Vec<u8>,
+    /// Bytes of the stream read from `input` so far, the head's included.
+    taken: u64,
+}
+
 impl Blob {
-    /// The blob open as `file`, which must have `digest` and `size`, and whose media type
-    /// declares `compression`.
+    /// A layer's blob, open as `file`, which must have `digest` and `size`, and whose media
+    /// type declares `compression`.
     pub fn new(file: File, digest: &Digest, size: u64, compression: Compression) -> Self {
         Blob {
-            file,
-            digest: digest.clone(),
-            size,
+            input: Input::File(file),
+            name: format!("blob {digest}"),
+            expected: Expected::Descriptor {
+                digest: digest.clone(),
+                size,
+            },
             compression,
         }
+    }
+
+    /// An archive read from `input` (a file, or a stream read once), named `name` in messages,
+    /// which must be `expected`. `compression`: what the user said it is.
+    pub fn archive(
+        input: File,
+        name: String,
+        expected: Expected,
+        compression: Compression,
+    ) -> Result<Self> {
+        let is_file = input
+            .metadata()
+            .with_context(|| format!("reading {name}"))?
+            .is_file();
+        let input = if is_file {
+            Input::File(input)
+        } else {
+            let mut once = Once {
+                input,
+                head: Vec::with_capacity(Compression::MAGIC_LEN),
+                taken: 0,
+            };
+            (&mut once.input)
+                .take(Compression::MAGIC_LEN as u64)
+                .read_to_end(&mut once.head)
+                .with_context(|| format!("reading {name}"))?;
+            once.taken = once.head.len() as u64;
+            Input::Stream(Mutex::new(once))
+        };
+        Ok(Blob {
+            input,
+            name,
+            expected,
+            compression,
+        })
     }
 
     /// An empty layer, to try out what the helper can do.
@@ -54,17 +112,7 @@ impl Blob {
         ))
     }
 
-    /// Its digest.
-    pub fn digest(&self) -> &Digest {
-        &self.digest
-    }
-
-    /// Its size, as its descriptor gives it.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// What its media type declares.
+    /// What is declared of its compression.
     pub fn compression(&self) -> Compression {
         self.compression
     }
@@ -83,13 +131,13 @@ impl Blob {
         Ok(self.compression.needs_inflating(&head[..read]))
     }
 
-    /// Writes the blob into `pipe` (an inflater's stdin). The helper quitting early (a broken
-    /// pipe) is not an error here: its reply says why, unless the rest of the blob fails
-    /// verification, which then explains the helper's failure better (a corrupt blob is first
-    /// of all a mismatch).
-    pub fn send(&self, pipe: &mut (impl Write + AsFd)) -> Result<()> {
+    /// Writes the blob into `pipe` (an inflater's stdin) and returns its digest and length. The helper
+    /// quitting early (a broken pipe) is not an error here: its reply says why, unless the
+    /// rest of the blob fails verification, which then explains the helper's failure better (a
+    /// corrupt blob is first of all a mismatch).
+    pub fn send(&self, pipe: &mut (impl Write + AsFd)) -> Result<Hashed> {
         widen(&*pipe);
-        let mut verifier = Verifier::new(&self.digest, self.size);
+        let mut verifier = Verifier::new(self.expected.clone());
         let mut buf = PageBuf::new(STEP);
         let mut offset = 0u64;
         loop {
@@ -109,25 +157,27 @@ impl Blob {
     }
 
     /// Reads the blob, which is a tar stream, into the applier's ring (see [`pass`]),
-    /// verifying it on the way. As with [`Blob::send`], a reader that hangs up is not an error
-    /// here: the rest is still verified.
-    pub fn fill(&self, ring: (Filler, Announcer)) -> Result<Passed> {
+    /// verifying it on the way; returns how much the applier took, and the whole blob's digest
+    /// and length. As with [`Blob::send`], a reader that hangs up is not an error here: the
+    /// rest is still verified.
+    pub fn fill(&self, ring: (Filler, Announcer)) -> Result<(Passed, Hashed)> {
         let mut stream = BlobStream {
             blob: self,
-            verifier: Verifier::new(&self.digest, self.size),
+            verifier: Verifier::new(self.expected.clone()),
             read: 0,
         };
         let passed = pass(&mut stream, ring)
-            .with_context(|| format!("passing blob {} to the helper", self.digest))?;
-        match passed {
+            .with_context(|| format!("passing {} to the helper", self.name))?;
+        let hashed = match passed {
             Passed::Whole => stream.verifier.finish()?,
             Passed::HungUp(_) => self.verify_rest(stream.verifier, stream.read)?,
-        }
-        Ok(passed)
+        };
+        Ok((passed, hashed))
     }
 
-    /// Verifies the rest of the blob, from `offset`, once its reader has hung up.
-    fn verify_rest(&self, mut verifier: Verifier, mut offset: u64) -> Result<()> {
+    /// Verifies the rest of the blob, from `offset`, once its reader has hung up; returns its
+    /// digest and length.
+    fn verify_rest(&self, mut verifier: Verifier, mut offset: u64) -> Result<Hashed> {
         let mut buf = PageBuf::new(STEP);
         loop {
             let n = self.read_at(&mut buf[..wanted(&verifier, STEP)], offset)?;
@@ -139,23 +189,52 @@ impl Blob {
         }
     }
 
+    /// Reads at `offset`: anywhere in a file; in a stream, in its head or where it was left.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
-        loop {
-            match pread(&self.file, buf, offset as i64) {
-                Err(Errno::EINTR) => {}
-                read => return read.with_context(|| format!("reading blob {}", self.digest)),
+        let read = match &self.input {
+            Input::File(file) => loop {
+                match pread(file, buf, offset as i64) {
+                    Err(Errno::EINTR) => {}
+                    read => break read.map_err(io::Error::from),
+                }
+            },
+            Input::Stream(once) => {
+                let mut once = once.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(head) = once.head.get(offset as usize..).filter(|h| !h.is_empty()) {
+                    let n = head.len().min(buf.len());
+                    buf[..n].copy_from_slice(&head[..n]);
+                    Ok(n)
+                } else if offset != once.taken {
+                    bail!("{} is a stream: it cannot be read again", self.name);
+                } else {
+                    let read = loop {
+                        match once.input.read(buf) {
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            read => break read,
+                        }
+                    };
+                    if let Ok(n) = read {
+                        once.taken += n as u64;
+                    }
+                    read
+                }
             }
-        }
+        };
+        read.with_context(|| format!("reading {}", self.name))
     }
 
-    /// Moves the `bytes` just hashed, found at `offset` in the file, into the pipe.
+    /// Moves the `bytes` just hashed, found at `offset` in the blob, into the pipe: from a
+    /// file, by `splice`.
     fn pass_on(&self, offset: u64, bytes: &[u8], pipe: &mut (impl Write + AsFd)) -> io::Result<()> {
+        let Input::File(file) = &self.input else {
+            return pipe.write_all(bytes);
+        };
         let mut from = offset as i64;
         let end = from + bytes.len() as i64;
         while from < end {
             let left = (end - from) as usize;
             match splice(
-                &self.file,
+                file,
                 Some(&mut from),
                 pipe.as_fd(),
                 None,

@@ -23,9 +23,9 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::protocol::{
     CONTROL_FD, GIVEN_BACK_FD, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, RING_FD, Reply,
-    Request, Role,
+    Request, Role, Whiteouts,
 };
-use pass::{Passed, Relay};
+use pass::Relay;
 use verdict::{Source, verdict};
 
 /// The most of the helper's reply that is read.
@@ -116,10 +116,19 @@ impl Helper {
         also_to: Option<&Path>,
         blob: &Blob,
     ) -> Result<AppliedLayer> {
-        let started = self.start_apply(root, onto, also_to)?;
-        // An inflater starts while the helper enters its namespaces.
-        let feed = started.feed(blob)?;
-        started.set_up()?.apply_fed(blob, feed)
+        self.start_apply(root, onto, also_to)?
+            .set_up_and_apply(blob)
+    }
+
+    /// Extracts the plain tar archive `blob` into `root`, as [`Helper::apply`] applies a layer
+    /// but for what `.wh.` names mean: here they are files like any other.
+    pub fn extract(&self, root: &Path, blob: &Blob) -> Result<AppliedLayer> {
+        let op = Op::Apply {
+            onto: Onto::Plain,
+            also_to: None,
+            whiteouts: Whiteouts::Keep,
+        };
+        self.start_with_ring(root, op)?.set_up_and_apply(blob)
     }
 
     /// [`Helper::apply`] in steps: a helper started now is set up (namespaces, id maps,
@@ -129,7 +138,13 @@ impl Helper {
         let op = Op::Apply {
             onto,
             also_to: also_to.map(Path::to_path_buf),
+            whiteouts: Whiteouts::Apply,
         };
+        self.start_with_ring(root, op)
+    }
+
+    /// Starts an apply job `op` in `root`, with the ring it will read its stream from.
+    fn start_with_ring(&self, root: &Path, op: Op) -> Result<Started> {
         let (writable, readable) = strata_ring::create().context("creating the layer's ring")?;
         let (announced, announce) = io::pipe().context("creating the ring's pipes")?;
         let (given_back, give_back) = io::pipe().context("creating the ring's pipes")?;
@@ -295,6 +310,13 @@ impl Started {
         Ok(self)
     }
 
+    /// Starts what feeds the helper `blob` (an inflater starts while the helper enters its
+    /// namespaces), sets the helper up, and feeds it.
+    fn set_up_and_apply(self, blob: &Blob) -> Result<AppliedLayer> {
+        let feed = self.feed(blob)?;
+        self.set_up()?.apply_fed(blob, feed)
+    }
+
     /// Feeds the set-up helper the layer `blob` and returns its account of it (see
     /// [`Helper::apply`]). The parent writes the helper's ring: from the blob, when it is the
     /// tar stream, whose digest (checked on the way) is then the diff ID; else from the ring
@@ -326,12 +348,14 @@ impl Started {
         Ok(Feed::Inflater(inflater, inflated))
     }
 
-    /// [`Started::apply`], once `feed` is started.
+    /// [`Started::apply`], once `feed` is started. An error sending or reading the blob (a
+    /// mismatch) is told first, whatever the helpers made of it: a blob that fails to verify
+    /// is first of all a mismatch.
     fn apply_fed(mut self, blob: &Blob, feed: Feed) -> Result<AppliedLayer> {
         let ring = self.ring.take().context("the helper takes no layer")?;
         let ring = strata_ring::writer(&ring.memory, ring.announce, ring.given_back)
             .context("mapping the layer's ring")?;
-        let (source, sent) = match feed {
+        match feed {
             Feed::Inflater(mut inflater, inflated) => {
                 let mut compressed = inflater
                     .child
@@ -350,26 +374,21 @@ impl Started {
                 // The relay is done, so the inflater has ended its stream or been hung up
                 // on: its reply comes now, before the applier's.
                 let reply = inflater.reply();
-                (Source::Inflater { relayed, reply }, sent)
+                let applier = self.reply();
+                let source = Source::Inflater {
+                    blob: sent?,
+                    relayed,
+                    reply,
+                };
+                verdict(source, applier)
             }
             Feed::Blob => {
-                let (passed, sent) = match blob.fill(ring) {
-                    Ok(passed) => (passed, Ok(())),
-                    // Told first, whatever the applier made of it: a blob that fails to
-                    // verify is first of all a mismatch.
-                    Err(err) => (Passed::Whole, Err(err)),
-                };
-                let source = Source::Blob {
-                    digest: blob.digest().clone(),
-                    size: blob.size(),
-                    passed,
-                };
-                (source, sent)
+                let filled = blob.fill(ring);
+                let applier = self.reply();
+                let (passed, hashed) = filled?;
+                verdict(Source::Blob { hashed, passed }, applier)
             }
-        };
-        let applier = self.reply();
-        sent?;
-        verdict(source, applier)
+        }
     }
 
     /// Waits for the helper's one reply and its exit: the reply, unless it is an error or the

@@ -10,8 +10,7 @@
 use anyhow::{Context, Result};
 use strata_ring::{Announcer, Filler, Reader};
 
-use super::verdict::Hashed;
-use crate::digest::Hasher;
+use crate::digest::{Hashed, Hasher};
 
 /// How much of the stream the applier took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,10 +74,9 @@ impl Relay {
             hasher: Hasher::new(),
         };
         let passed = pass(&mut relay, ring).context("relaying the layer to the helper")?;
-        let (diff_id, bytes) = relay.hasher.finish();
         Ok(Relayed {
             passed,
-            hashed: Hashed { diff_id, bytes },
+            hashed: relay.hasher.finish(),
         })
     }
 }

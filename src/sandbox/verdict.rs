@@ -8,40 +8,33 @@
 use anyhow::{Result, anyhow, bail};
 
 use super::pass::{Passed, Relayed};
-use crate::digest::Digest;
+use crate::digest::{Digest, Hashed};
 use crate::protocol::{Applied, NeedsLowers, Reply};
 
 /// A layer applied, as the parent checked it.
 #[derive(Debug)]
 pub struct AppliedLayer {
+    /// The blob's digest and size, as they checked out.
+    pub blob: Hashed,
     /// The digest of the stream the applier read: its diff ID.
     pub diff_id: Digest,
     /// The applier's account.
     pub applied: Applied,
 }
 
-/// A stream the parent hashed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hashed {
-    /// Its SHA-256: a layer's diff ID.
-    pub diff_id: Digest,
-    /// Its length.
-    pub bytes: u64,
-}
-
 /// How the applier's stream was passed on.
 pub enum Source {
-    /// The blob itself, checked against its descriptor on the way: its digest names the stream.
+    /// The blob itself, checked on the way: its digest names the stream.
     Blob {
-        /// The blob's digest.
-        digest: Digest,
-        /// Its size.
-        size: u64,
+        /// The blob's digest and size.
+        hashed: Hashed,
         /// How much of it the applier took.
         passed: Passed,
     },
     /// Relayed from an inflater's ring (or why the relay failed), with the inflater's reply.
     Inflater {
+        /// The blob sent to the inflater, checked on the way.
+        blob: Hashed,
         /// What the parent relayed.
         relayed: Result<Relayed>,
         /// The inflater's reply.
@@ -51,7 +44,11 @@ pub enum Source {
 
 /// The stream's account, or why there is none.
 enum Stream {
-    Whole(Hashed),
+    /// The stream the applier was given whole, and the blob it came from.
+    Whole {
+        stream: Hashed,
+        blob: Hashed,
+    },
     /// The applier stopped reading after this many bytes.
     HungUp(u64),
     Failed(anyhow::Error),
@@ -59,22 +56,25 @@ enum Stream {
 
 impl Stream {
     fn of(source: Source) -> Stream {
-        let (relayed, reply) = match source {
+        let (blob, relayed, reply) = match source {
             Source::Blob {
                 passed: Passed::HungUp(after),
                 ..
             } => return Stream::HungUp(after),
             Source::Blob {
-                digest,
-                size,
+                hashed,
                 passed: Passed::Whole,
             } => {
-                return Stream::Whole(Hashed {
-                    diff_id: digest,
-                    bytes: size,
-                });
+                return Stream::Whole {
+                    stream: hashed.clone(),
+                    blob: hashed,
+                };
             }
-            Source::Inflater { relayed, reply } => (relayed, reply),
+            Source::Inflater {
+                blob,
+                relayed,
+                reply,
+            } => (blob, relayed, reply),
         };
         // The relay failing (on what the inflater announced) or hung up on came first; the
         // inflater's reply then tells nothing more.
@@ -87,7 +87,10 @@ impl Stream {
             Ok(Relayed { hashed, .. }) => hashed,
         };
         match reply {
-            Ok(Reply::Inflated { inflated }) if inflated == hashed.bytes => Stream::Whole(hashed),
+            Ok(Reply::Inflated { inflated }) if inflated == hashed.bytes => Stream::Whole {
+                stream: hashed,
+                blob,
+            },
             Ok(Reply::Inflated { inflated }) => Stream::Failed(anyhow!(
                 "the inflater wrote {inflated} bytes of the layer, yet {} came through its ring",
                 hashed.bytes
@@ -115,7 +118,7 @@ pub fn verdict(source: Source, applier: Result<Reply>) -> Result<AppliedLayer> {
             "the helper stopped reading the layer after {after} bytes, yet reports {} read",
             applied.bytes
         ),
-        (Stream::Whole(stream), Ok(Reply::Applied(applied))) => {
+        (Stream::Whole { stream, blob }, Ok(Reply::Applied(applied))) => {
             if applied.bytes != stream.bytes {
                 bail!(
                     "the helper read {} bytes of the layer, which has {}",
@@ -124,7 +127,8 @@ pub fn verdict(source: Source, applier: Result<Reply>) -> Result<AppliedLayer> {
                 );
             }
             Ok(AppliedLayer {
-                diff_id: stream.diff_id,
+                blob,
+                diff_id: stream.digest,
                 applied,
             })
         }
@@ -148,10 +152,14 @@ mod tests {
     /// A relay that took `bytes` and passed on `passed`, and the inflater's `reply`.
     fn relayed(passed: Passed, bytes: u64, reply: Result<Reply>) -> Source {
         let hashed = Hashed {
-            diff_id: Digest::of_bytes(b"stream"),
+            digest: Digest::of_bytes(b"stream"),
             bytes,
         };
         Source::Inflater {
+            blob: Hashed {
+                digest: Digest::of_bytes(b"blob"),
+                bytes: 100,
+            },
             relayed: Ok(Relayed { passed, hashed }),
             reply,
         }
@@ -172,8 +180,10 @@ mod tests {
 
     fn blob(size: u64) -> Source {
         Source::Blob {
-            digest: Digest::of_bytes(b"blob"),
-            size,
+            hashed: Hashed {
+                digest: Digest::of_bytes(b"blob"),
+                bytes: size,
+            },
             passed: Passed::Whole,
         }
     }
@@ -260,8 +270,10 @@ mod tests {
             (
                 "nor one that hung up on the blob",
                 Source::Blob {
-                    digest: Digest::of_bytes(b"blob"),
-                    size: 4096,
+                    hashed: Hashed {
+                        digest: Digest::of_bytes(b"blob"),
+                        bytes: 4096,
+                    },
                     passed: Passed::HungUp(512),
                 },
                 applied(4096),
@@ -304,6 +316,10 @@ mod tests {
             (
                 "a relay that failed on what the inflater announced",
                 Source::Inflater {
+                    blob: Hashed {
+                        digest: Digest::of_bytes(b"blob"),
+                        bytes: 100,
+                    },
                     relayed: Err(anyhow!("slot 3 of 10 bytes announced where slot 2 was due")),
                     reply: Ok(Reply::HungUp { hung_up_after: 512 }),
                 },

@@ -434,7 +434,8 @@ impl Layer {
         chunks
     }
 
-    fn blob(&self) -> Vec<u8> {
+    /// The blob: the stream, compressed as the layer says.
+    pub fn blob(&self) -> Vec<u8> {
         let gzip = |chunk: &[u8]| {
             let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
             std::io::Write::write_all(&mut encoder, chunk).unwrap();

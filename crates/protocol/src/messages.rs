@@ -81,15 +81,17 @@ pub struct Overlay {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
-    /// Apply the tar stream in the ring on [`RING_FD`] `onto` `root`, with OCI whiteout semantics; with
-    /// `also_to`, to that directory as well, in the same pass (a store's cold run fills DEST
-    /// while it fills the snapshot, rather than copying it afterwards). The stream is read to
-    /// its end, past tar's end block, and its length is part of the reply.
+    /// Apply the tar stream in the ring on [`RING_FD`] `onto` `root`; with `also_to`, to that
+    /// directory as well, in the same pass (a store's cold run fills DEST while it fills the
+    /// snapshot, rather than copying it afterwards). The stream is read to its end, past tar's
+    /// end block, and its length is part of the reply.
     Apply {
         /// Where the layer goes.
         onto: Onto,
         /// A second tree, written in the same pass.
         also_to: Option<PathBuf>,
+        /// What `.wh.` names in the stream mean.
+        whiteouts: Whiteouts,
     },
     /// Copy a tree into the empty `root`, preserving hardlinks, owners, modes, times and xattrs;
     /// never sharing inodes with the source. The source is `sources[0]`, or with several, the
@@ -100,6 +102,18 @@ pub enum Op {
     },
     /// Remove everything inside `root` (the parent then removes the empty directory).
     Clear,
+}
+
+/// What `.wh.` names in a tar stream mean: an image layer's whiteouts, or names like any
+/// other (a plain archive, as `strata extract` takes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Whiteouts {
+    /// OCI layer semantics: `.wh.NAME` removes what lower layers have at NAME, `.wh..wh..opq`
+    /// hides every lower entry of its directory.
+    Apply,
+    /// A plain archive: such entries are files, made as they are named.
+    Keep,
 }
 
 /// The compression a layer's media type declares. The inflater checks it against the stream's

@@ -45,7 +45,7 @@ use dir_fixes::{DirFixes, Maker};
 use links::LinkGroups;
 use meta::{Meta, ModeBits, XattrKind};
 use parentless::{OPAQUE_NOT_MADE, mark_opaque, needs_lowers};
-use strata_protocol::Skipped;
+use strata_protocol::{Skipped, Whiteouts};
 use strata_ring::PageBuf;
 
 /// The directory the last entry went into.
@@ -86,6 +86,8 @@ pub struct Applier<'a> {
     entry: u64,
     /// How many ids the current user namespace maps from 0.
     mapped_ids: u64,
+    /// What `.wh.` names mean.
+    whiteouts: Whiteouts,
     /// Paths this layer wrote, with their directories.
     upper: UpperPaths,
     /// Directories this layer created (rather than merged into): nothing of lower layers is
@@ -110,13 +112,19 @@ pub struct Applier<'a> {
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(tree: Tree<'a>, mapped_ids: u64, writers: &'a Writers) -> Self {
+    pub fn new(
+        tree: Tree<'a>,
+        mapped_ids: u64,
+        whiteouts: Whiteouts,
+        writers: &'a Writers,
+    ) -> Self {
         Applier {
             tree,
             writers,
             handed_out: PathSet::default(),
             entry: 0,
             mapped_ids,
+            whiteouts,
             upper: UpperPaths::default(),
             fresh_dirs: PathSet::default(),
             dir_fixes: DirFixes::new(tree.root()),
@@ -142,7 +150,7 @@ impl<'a> Applier<'a> {
             self.dir_fixes.settle()?;
         }
         let path = normalize(&header.name)?;
-        match classify(&path)? {
+        match classify(&path, self.whiteouts)? {
             Action::Create => self.create(&path, header, data),
             Action::Whiteout { target } => self.whiteout(&target),
             Action::Opaque { dir } => self.opaque(dir),
