@@ -80,6 +80,25 @@ fn is_zero(count: &u64) -> bool {
 
 /// Extracts `options.archive` into `options.dest`; `progress` hears of warnings. On failure,
 /// DEST is not left behind.
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// use strata::{Archive, ArchiveCompression, Digest, ExtractOptions, IdMapMode};
+///
+/// let options = ExtractOptions {
+///     archive: Archive::Path("downloads/toolchain.tar.zst".into()),
+///     dest: "build/toolchain".into(),
+///     sha256: Some(Digest::parse(
+///         "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+///     )?),
+///     compression: ArchiveCompression::Auto,
+///     idmap: IdMapMode::Single,
+/// };
+/// let report = strata::extract(&options, &mut |_| {})?;
+/// println!("{} entries, tar stream {}", report.entries, report.tar);
+/// # Ok(())
+/// # }
+/// ```
 pub fn extract(
     options: &ExtractOptions,
     progress: &mut dyn FnMut(Progress),

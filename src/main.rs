@@ -7,10 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use strata::digest::Digest;
-use strata::sandbox::IdMapMode;
-use strata::store::SnapshotterMode;
-use strata::{Archive, ArchiveCompression, ExtractOptions, Options, Progress, upkeep};
+use strata::{
+    Archive, ArchiveCompression, Digest, ExtractOptions, IdMapMode, Options, Progress,
+    SnapshotterMode, upkeep,
+};
 
 #[derive(Parser)]
 #[command(

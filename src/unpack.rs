@@ -36,8 +36,9 @@ pub struct Options {
     pub idmap: IdMapMode,
     /// How a new store keeps snapshots.
     pub snapshotter: SnapshotterMode,
-    /// Missing layers a store extracts at once (see [`extract_side_by_side`]); 1: in order,
-    /// each filling DEST in the same pass.
+    /// Missing layers a store (overlay snapshotter) extracts at once, each into a snapshot
+    /// of its own, committed in order, DEST then copied from the store; 1: in order, each
+    /// layer filling its snapshot and DEST in the same pass.
     pub jobs: usize,
 }
 

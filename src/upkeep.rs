@@ -1,6 +1,21 @@
 //! The upkeep commands: see what the store holds, forget images, collect the
 //! snapshots nothing needs, and remove trees strata made. Removal always runs in a helper with
 //! the store's id map, so subordinate-owned and mode-000 trees go too.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use std::path::Path;
+//!
+//! let store = Path::new("/var/cache/build/strata");
+//! for snapshot in strata::upkeep::list(store)? {
+//!     println!("{} {} bytes, used by {:?}", snapshot.chain_id, snapshot.size, snapshot.images);
+//! }
+//! strata::upkeep::forget(store, "/srv/images/old:1.0")?;
+//! let collected = strata::upkeep::gc(store)?;
+//! println!("freed {} bytes", collected.size);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,7 +27,8 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::image::{self, ImageRef, Platform};
 use crate::sandbox::{Helper, IdMap, IdMapMode};
-use crate::store::{ImageRecord, SnapshotterMode, Store};
+pub use crate::store::ImageRecord;
+use crate::store::{SnapshotterMode, Store};
 use crate::unpack::absolute;
 
 /// One committed snapshot, as `strata ls` shows it.

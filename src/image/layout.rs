@@ -55,11 +55,6 @@ impl Layout {
         })
     }
 
-    /// The layout's directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Where the blob `digest` is in the layout.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())

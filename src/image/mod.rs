@@ -37,8 +37,6 @@ pub struct Image {
     pub layout: Layout,
     /// Its manifest's digest: what names the image in the store's records.
     pub manifest_digest: Digest,
-    /// Its config's digest.
-    pub config_digest: Digest,
     /// Its layers, bottom first.
     pub layers: Vec<Layer>,
 }
@@ -158,7 +156,6 @@ pub fn resolve(reference: &ImageRef, platform: &Platform) -> Result<Image, Image
     Ok(Image {
         layout,
         manifest_digest,
-        config_digest,
         layers,
     })
 }

@@ -160,7 +160,7 @@ fn resolves_a_single_image() {
     let by_digest = layout
         .resolve(&format!("@{}", digest_of(&image)), "linux/amd64")
         .unwrap();
-    assert_eq!(by_digest.config_digest, resolved.config_digest);
+    assert_eq!(by_digest.layers, resolved.layers);
     assert!(resolved.layout.open_blob(&first.digest).is_ok());
 }
 

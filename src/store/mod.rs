@@ -57,9 +57,10 @@ pub enum SnapshotterMode {
     /// The store's own; for a new store, overlay where it works, else native.
     #[default]
     Auto,
-    /// [`Snapshotter::Native`].
+    /// A full tree per snapshot: works on any filesystem.
     Native,
-    /// [`Snapshotter::Overlay`], or an error where it does not work.
+    /// Each snapshot the layer's changes alone, applied through a rootless overlay mount; an
+    /// error where that does not work.
     Overlay,
 }
 
@@ -264,11 +265,6 @@ impl Store {
             Ok(overlay_works) => cleanup.map(|()| overlay_works),
             Err(err) => Err(after_cleanup(err, cleanup)),
         }
-    }
-
-    /// The store's directory.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     fn tmp(&self) -> PathBuf {
