@@ -107,6 +107,35 @@ pub fn step_up(dir: BorrowedFd) -> Result<OwnedFd> {
     step_into(dir, OsStr::new(".."))
 }
 
+/// The contents of the regular file `path` inside `root` (symlinks followed, inside `root`),
+/// at most `limit` bytes; empty when nothing is there. Anything but a regular file (a FIFO
+/// that would block, a device) or a larger one is an error.
+pub fn read_small_file(root: BorrowedFd, path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let fd = match openat2(root, path, how) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let file = std::fs::File::from(fd);
+    let shown = path.display();
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!("{shown} is not a regular file")));
+    }
+    let mut contents = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(&file, limit + 1), &mut contents)?;
+    if contents.len() as u64 > limit {
+        return Err(io::Error::other(format!("{shown} is over {limit} bytes")));
+    }
+    Ok(contents)
+}
+
 /// `lstat` of `name` in `dir`; `None` when nothing is there.
 pub fn lstat(dir: BorrowedFd, name: &OsStr) -> Result<Option<FileStat>> {
     match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {

@@ -15,6 +15,7 @@ mod extract;
 mod inflate;
 mod seccomp;
 mod tree;
+mod users;
 
 use std::fs::File;
 use std::io::Write;
@@ -127,6 +128,9 @@ fn run_job(request: &Request, results: &mut File, control: File) -> Result<Reply
     job.run(root.as_fd(), request.idmap.mapped_ids())
 }
 
+/// The most of `/etc/passwd` or `/etc/group` read: a user database is kilobytes.
+const USER_FILE_LIMIT: u64 = 1 << 20;
+
 /// The job asked, with the trees outside the root it needs, open.
 enum Job {
     Apply {
@@ -140,6 +144,9 @@ enum Job {
         source: OwnedFd,
     },
     Clear,
+    LookUpUser {
+        user: String,
+    },
 }
 
 /// Where a layer goes, with the overlay's directories open.
@@ -192,6 +199,7 @@ impl Job {
                 source: open_source(sources)?,
             },
             Op::Clear => Job::Clear,
+            Op::LookUpUser { user } => Job::LookUpUser { user: user.clone() },
         })
     }
 
@@ -264,6 +272,12 @@ impl Job {
             Job::Clear => {
                 tree::clear(root)?;
                 Ok(Reply::Done { done: true })
+            }
+            Job::LookUpUser { user } => {
+                let passwd = at::read_small_file(root, Path::new("etc/passwd"), USER_FILE_LIMIT)?;
+                let group = at::read_small_file(root, Path::new("etc/group"), USER_FILE_LIMIT)?;
+                let user = users::look_up(&user, &passwd, &group)?;
+                Ok(Reply::User { user })
             }
         }
     }

@@ -6,6 +6,8 @@
 //! - [`unpack`]: an OCI image layout into a root filesystem, layers cached by chain ID in a
 //!   store (or not, with [`Options::store`] `None`); it tells a [`Progress`] callback how it goes
 //!   and returns a [`Report`].
+//! - [`bundle`]: the same into `DIR/rootfs`, with the OCI runtime's `DIR/config.json` (the
+//!   image's process and user, rootless), for runc or crun.
 //! - [`extract`]: one tar archive (plain, gzip or zstd; a file or stdin) into a new directory,
 //!   checked against a SHA-256 if given; an [`ExtractReport`].
 //! - [`upkeep`]: what a store holds ([`upkeep::list`]), forgetting an image
@@ -43,6 +45,7 @@
 
 #![deny(missing_docs)]
 
+mod bundle;
 mod dest;
 mod digest;
 mod extract;
@@ -55,6 +58,7 @@ pub mod upkeep;
 
 use strata_protocol as protocol;
 
+pub use bundle::{BundleOptions, bundle};
 pub use digest::Digest;
 pub use extract::{Archive, ArchiveCompression, ExtractOptions, ExtractReport, extract};
 pub use image::Layer;

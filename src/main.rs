@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Unpack IMAGE into the root filesystem DEST.
     Unpack(UnpackArgs),
+    /// Make an OCI runtime bundle of IMAGE in DIR: DIR/rootfs and a rootless DIR/config.json
+    /// that runc or crun run.
+    Bundle(BundleArgs),
     /// Extract a tar archive (ARCHIVE, or - for stdin) into DEST, sandboxed as a layer is:
     /// a safe `tar -xf` for build scripts. `.wh.` names are plain files here.
     Extract(ExtractArgs),
@@ -71,6 +74,27 @@ struct StoreArg {
 #[derive(Args)]
 struct UnpackArgs {
     #[command(flatten)]
+    how: HowToUnpack,
+    /// OCI image layout: PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG].
+    image: String,
+    /// Root filesystem to create: must not exist, or be an empty directory.
+    dest: PathBuf,
+}
+
+#[derive(Args)]
+struct BundleArgs {
+    #[command(flatten)]
+    how: HowToUnpack,
+    /// OCI image layout: PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG].
+    image: String,
+    /// Bundle directory to create (mode 0700): must not exist, or be an empty directory.
+    dir: PathBuf,
+}
+
+/// The options `unpack` and `bundle` share.
+#[derive(Args)]
+struct HowToUnpack {
+    #[command(flatten)]
     store: StoreArg,
     /// Apply every layer straight into DEST, without caching snapshots.
     #[arg(long, conflicts_with = "store")]
@@ -102,10 +126,6 @@ struct UnpackArgs {
         conflicts_with = "no_store"
     )]
     jobs: Option<u16>,
-    /// OCI image layout: PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG].
-    image: String,
-    /// Root filesystem to create: must not exist, or be an empty directory.
-    dest: PathBuf,
 }
 
 #[derive(Args)]
@@ -211,7 +231,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Unpack(args) => unpack(args),
+        Command::Unpack(args) => unpack(args.how, args.image, args.dest, strata::unpack),
+        Command::Bundle(args) => unpack(args.how, args.image, args.dir, strata::bundle),
         Command::Extract(args) => extract(args),
         Command::Ls { store, json } => ls(&store.resolve()?, json),
         Command::Rm { store, image } => rm(&store.resolve()?, &image),
@@ -226,15 +247,19 @@ fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |cpus| (cpus.get() / 4).max(1))
 }
 
-fn unpack(args: UnpackArgs) -> Result<()> {
+/// What makes DEST of an image: `strata::unpack` or `strata::bundle`.
+type Unpacker = fn(&Options, &mut dyn FnMut(Progress)) -> Result<strata::Report>;
+
+/// `unpack` or `bundle`: `run` makes `dest` of `image`.
+fn unpack(args: HowToUnpack, image: String, dest: PathBuf, run: Unpacker) -> Result<()> {
     let store = if args.no_store {
         None
     } else {
         Some(args.store.resolve()?)
     };
     let options = Options {
-        image: args.image,
-        dest: args.dest,
+        image,
+        dest,
         store,
         platform: args.platform,
         idmap: args.idmap.into(),
@@ -242,7 +267,7 @@ fn unpack(args: UnpackArgs) -> Result<()> {
         jobs: args.jobs.map_or_else(default_jobs, usize::from),
     };
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
-    let report = strata::unpack(&options, &mut |event| match event {
+    let report = run(&options, &mut |event| match event {
         Progress::Warning(warning) if !args.quiet => eprintln!("strata: warning: {warning}"),
         event if show_progress => print_progress(&event),
         _ => {}

@@ -108,12 +108,29 @@ pub enum Progress<'a> {
 /// Unpacks `options.image` into `options.dest`, telling `progress` how it goes: the job of
 /// `strata unpack`. On failure, DEST is not left behind and the store holds nothing new.
 pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
+    let (reference, image) = resolve(options)?;
+    unpack_image(options, &reference, &image, progress).map(|(report, _)| report)
+}
+
+/// The image `options` name, resolved for its platform.
+pub(crate) fn resolve(options: &Options) -> Result<(ImageRef, Image)> {
     let reference = ImageRef::parse(&options.image)?;
     let platform = match &options.platform {
         Some(text) => Platform::parse(text)?,
         None => Platform::host(),
     };
     let image = image::resolve(&reference, &platform)?;
+    Ok((reference, image))
+}
+
+/// [`unpack`] of the resolved `image`; also returns the helper it chose (and so the id map the
+/// tree was made with).
+pub(crate) fn unpack_image(
+    options: &Options,
+    reference: &ImageRef,
+    image: &Image,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Report, Helper)> {
     let staging = Staging::create(&options.dest)?;
     // Until a helper is chosen, the staging directory is empty and needs none to go.
     let mut helper = Helper::locate(IdMap::Single)?;
@@ -135,16 +152,16 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
                     progress(Progress::Warning(warning.clone()));
                 }
                 let layers =
-                    unpack_with_store(&store, &helper, &image, &staging, options.jobs, progress)?;
+                    unpack_with_store(&store, &helper, image, &staging, options.jobs, progress)?;
                 store.record_image(&ImageRecord {
-                    reference: absolute(&reference).to_string(),
+                    reference: absolute(reference).to_string(),
                     manifest: image.manifest_digest.clone(),
                     chain_ids: layers.iter().map(|layer| layer.chain_id.clone()).collect(),
                     last_used: now(),
                 })?;
                 Ok(layers)
             }
-            None => unpack_directly(&helper, &image, &staging, progress),
+            None => unpack_directly(&helper, image, &staging, progress),
         }
     })();
     let layers = match layers {
@@ -152,12 +169,13 @@ pub fn unpack(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<R
         Err(err) => return Err(after_cleanup(err, staging.discard(&helper))),
     };
     staging.publish()?;
-    Ok(Report {
+    let report = Report {
         manifest: image.manifest_digest.clone(),
         chain_id: layers.last().map(|l| l.chain_id.clone()),
         rootfs: options.dest.clone(),
         layers,
-    })
+    };
+    Ok((report, helper))
 }
 
 /// `--no-store`: every layer goes straight into the staging directory. Each layer's helper is

@@ -13,6 +13,7 @@ mod select;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::io;
 use std::path::PathBuf;
@@ -39,6 +40,23 @@ pub struct Image {
     pub manifest_digest: Digest,
     /// Its layers, bottom first.
     pub layers: Vec<Layer>,
+    /// What its config says of the process to run.
+    pub process: Process,
+    /// The manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What an image's config says of the process to run (image-spec `config.md`, `config`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    /// `User`: `user[:group]`, names or numbers; empty for root.
+    pub user: String,
+    /// `Env`, as `NAME=VALUE`.
+    pub env: Vec<String>,
+    /// `Entrypoint`, then `Cmd`: the arguments.
+    pub args: Vec<String>,
+    /// `WorkingDir`; empty for `/`.
+    pub working_dir: String,
 }
 
 /// A layer as the manifest describes it, with the diff ID the config expects once it is
@@ -153,10 +171,29 @@ pub fn resolve(reference: &ImageRef, platform: &Platform) -> Result<Image, Image
         .map(|(number, (descriptor, diff_id))| layer(number, descriptor, diff_id, &config_digest))
         .collect::<Result<_, _>>()?;
 
+    let process = config
+        .config()
+        .as_ref()
+        .map_or_else(Process::default, |c| Process {
+            user: c.user().clone().unwrap_or_default(),
+            env: c.env().clone().unwrap_or_default(),
+            args: [c.entrypoint(), c.cmd()]
+                .into_iter()
+                .flat_map(|part| part.clone().unwrap_or_default())
+                .collect(),
+            working_dir: c.working_dir().clone().unwrap_or_default(),
+        });
+    let annotations = manifest
+        .annotations()
+        .clone()
+        .map(|map| map.into_iter().collect())
+        .unwrap_or_default();
     Ok(Image {
         layout,
         manifest_digest,
         layers,
+        process,
+        annotations,
     })
 }
 

@@ -22,8 +22,8 @@ use std::thread;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::protocol::{
-    CONTROL_FD, GIVEN_BACK_FD, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, RING_FD, Reply,
-    Request, Role, Whiteouts,
+    CONTROL_FD, ExecUser, GIVEN_BACK_FD, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, RING_FD,
+    Reply, Request, Role, Whiteouts,
 };
 use pass::Relay;
 use verdict::{Source, verdict};
@@ -169,12 +169,24 @@ impl Helper {
         let op = Op::Copy {
             sources: sources.to_vec(),
         };
-        self.run(&self.job(root, op))
+        self.run_to_done(&self.job(root, op))
+    }
+
+    /// Looks `user` (an image config's `User`) up in the `/etc/passwd` and `/etc/group` of
+    /// the rootfs `root`: a helper reads them, as the parent never opens a path from a layer.
+    pub fn look_up_user(&self, root: &Path, user: &str) -> Result<ExecUser> {
+        let op = Op::LookUpUser {
+            user: user.to_owned(),
+        };
+        match self.run(&self.job(root, op))? {
+            Reply::User { user } => Ok(user),
+            other => bail!("the helper gave an unexpected reply: {other:?}"),
+        }
     }
 
     /// Empties `root` (whatever modes and owners its contents have).
     pub fn clear(&self, root: &Path) -> Result<()> {
-        self.run(&self.job(root, Op::Clear))
+        self.run_to_done(&self.job(root, Op::Clear))
     }
 
     /// Empties and removes `dir`; a missing `dir` is fine. An empty one needs no helper (so
@@ -200,13 +212,16 @@ impl Helper {
         })
     }
 
-    /// Runs a job that takes no input and replies that it is done.
-    fn run(&self, role: &Role) -> Result<()> {
-        match self
-            .start(role, Stdio::null(), Stdio::null(), None)?
+    /// Runs a job that takes no input; its reply.
+    fn run(&self, role: &Role) -> Result<Reply> {
+        self.start(role, Stdio::null(), Stdio::null(), None)?
             .set_up()?
-            .reply()?
-        {
+            .reply()
+    }
+
+    /// Runs a job that takes no input and replies that it is done.
+    fn run_to_done(&self, role: &Role) -> Result<()> {
+        match self.run(role)? {
             Reply::Done { done: true } => Ok(()),
             other => bail!("the helper gave an unexpected reply: {other:?}"),
         }

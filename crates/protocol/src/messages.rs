@@ -102,6 +102,22 @@ pub enum Op {
     },
     /// Remove everything inside `root` (the parent then removes the empty directory).
     Clear,
+    /// Look `user` (an image config's `User`: `user[:group]`, names or numbers) up in the
+    /// `etc/passwd` and `etc/group` of the rootfs `root`, which is only read.
+    LookUpUser {
+        /// As the image config gives it.
+        user: String,
+    },
+}
+
+/// Who a process runs as, as a runtime's `config.json` says it. (No additional groups: runc
+/// refuses them in a rootless container.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecUser {
+    /// Its uid.
+    pub uid: u32,
+    /// Its gid.
+    pub gid: u32,
 }
 
 /// What `.wh.` names in a tar stream mean: an image layer's whiteouts, or names like any
@@ -215,6 +231,11 @@ pub enum Reply {
     Done {
         /// Always true.
         done: bool,
+    },
+    /// A user looked up ([`Op::LookUpUser`]).
+    User {
+        /// Who it is.
+        user: ExecUser,
     },
     /// An apply [`Onto::Parentless`] met an entry that needs the layers below.
     NeedsLowers {

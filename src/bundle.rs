@@ -1,0 +1,242 @@
+//! `strata bundle`: an OCI runtime bundle, as umoci makes one: `DIR/rootfs`, unpacked as
+//! [`unpack`](crate::unpack) does, and `DIR/config.json`, the rootless configuration `runc spec
+//! --rootless` gives, with the image's process, user, environment and annotations, and the id
+//! mappings the rootfs was made with. DIR is 0700: other host users cannot reach the setuid
+//! files inside; `rootfs/` is 0755, as the image's `/` normally is, so that a process inside
+//! that drops root can still reach its files.
+
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::image::Process;
+use crate::protocol::{ExecUser, IdMap};
+use crate::unpack::{Options, Progress, Report, resolve, unpack_image};
+
+/// The rootfs's mode: what images give `/`.
+const ROOTFS_MODE: u32 = 0o755;
+/// The search path a process gets when the image sets none, as runc's and Docker's default.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What `strata bundle` is asked: [`Options`] with `dest` the bundle's directory.
+pub type BundleOptions = Options;
+
+/// Makes the bundle `options.dest` of `options.image`; `progress` hears how the unpack goes.
+/// The report's `rootfs` is `DEST/rootfs`. On failure DEST is not left behind (unless it was an
+/// empty directory already).
+pub fn bundle(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
+    let dir = &options.dest;
+    let created = match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!("bundle directory {} is not empty", dir.display());
+            }
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private", dir.display()))?;
+            false
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            true
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let made = make(options, progress);
+    if made.is_err() && created {
+        // Only the empty directory is left: a failed unpack leaves no rootfs.
+        let _ = fs::remove_dir(dir);
+    }
+    made
+}
+
+fn make(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
+    let (reference, image) = resolve(options)?;
+    let rootfs = options.dest.join("rootfs");
+    let unpack = Options {
+        dest: rootfs.clone(),
+        ..options.clone()
+    };
+    let (report, helper) = unpack_image(&unpack, &reference, &image, progress)?;
+    let config = (|| {
+        fs::set_permissions(&rootfs, fs::Permissions::from_mode(ROOTFS_MODE))
+            .context("setting the rootfs's mode")?;
+        let user = helper
+            .look_up_user(&rootfs, &image.process.user)
+            .with_context(|| format!("finding the image's user {:?}", image.process.user))?;
+        let host = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        let config = runtime_config(
+            &image.process,
+            &user,
+            helper.idmap(),
+            host,
+            &image.annotations,
+        );
+        let path = options.dest.join("config.json");
+        fs::write(&path, serde_json::to_vec_pretty(&config)?)
+            .with_context(|| format!("writing {}", path.display()))
+    })();
+    if let Err(err) = config {
+        let _ = helper.remove_dir(&rootfs);
+        return Err(err);
+    }
+    Ok(report)
+}
+
+/// The runtime spec's `config.json` for `process` run as `user`, in a user namespace mapping
+/// ids as `idmap` (the user `host` as root, and its subordinate range above), as `runc spec
+/// --rootless` lays it out.
+fn runtime_config(
+    process: &Process,
+    user: &ExecUser,
+    idmap: IdMap,
+    (uid, gid): (u32, u32),
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Value {
+    let mut env = process.env.clone();
+    if !env.iter().any(|var| var.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_owned());
+    }
+    let cwd = if process.working_dir.is_empty() {
+        "/"
+    } else {
+        &process.working_dir
+    };
+    let mappings = |host: u32, range: Option<(u32, u32)>| {
+        let mut mappings = vec![json!({"containerID": 0, "hostID": host, "size": 1})];
+        if let Some((start, count)) = range {
+            mappings.push(json!({"containerID": 1, "hostID": start, "size": count}));
+        }
+        mappings
+    };
+    let (uids, gids) = match idmap {
+        IdMap::Single => (None, None),
+        IdMap::Subordinate { uids, gids } => (
+            Some((uids.start, uids.count)),
+            Some((gids.start, gids.count)),
+        ),
+    };
+    let capabilities = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": user.uid, "gid": user.gid},
+            "args": process.args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": capabilities,
+                "effective": capabilities,
+                "permitted": capabilities,
+                "ambient": capabilities,
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true,
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "strata",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "none", "source": "/sys",
+             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        ],
+        "linux": {
+            "uidMappings": mappings(uid, uids),
+            "gidMappings": mappings(gid, gids),
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "user"},
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+            ],
+        },
+        "annotations": annotations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::IdRange;
+
+    #[test]
+    fn the_config_runs_the_images_process_as_its_user_with_the_trees_mappings() {
+        let process = Process {
+            user: "app".into(),
+            env: vec!["LANG=C".into()],
+            args: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            working_dir: "/srv".into(),
+        };
+        let user = ExecUser {
+            uid: 1000,
+            gid: 1000,
+        };
+        let subordinate = IdMap::Subordinate {
+            uids: IdRange {
+                start: 100000,
+                count: 65536,
+            },
+            gids: IdRange {
+                start: 200000,
+                count: 1000,
+            },
+        };
+        let annotations = [("org.opencontainers.image.title".into(), "t".into())].into();
+        let config = runtime_config(&process, &user, subordinate, (4242, 4343), &annotations);
+        let p = &config["process"];
+        assert_eq!(p["args"], json!(["/bin/sh", "-c", "echo hi"]));
+        assert_eq!(p["env"], json!([DEFAULT_PATH, "LANG=C"]));
+        assert_eq!(p["cwd"], "/srv");
+        assert_eq!(p["user"], json!({"uid": 1000, "gid": 1000}));
+        assert_eq!(
+            config["linux"]["uidMappings"],
+            json!([{"containerID": 0, "hostID": 4242, "size": 1},
+                   {"containerID": 1, "hostID": 100000, "size": 65536}])
+        );
+        assert_eq!(
+            config["linux"]["gidMappings"],
+            json!([{"containerID": 0, "hostID": 4343, "size": 1},
+                   {"containerID": 1, "hostID": 200000, "size": 1000}])
+        );
+        assert_eq!(config["annotations"]["org.opencontainers.image.title"], "t");
+
+        let single = runtime_config(
+            &Process::default(),
+            &ExecUser { uid: 0, gid: 0 },
+            IdMap::Single,
+            (4242, 4343),
+            &Default::default(),
+        );
+        assert_eq!(single["process"]["cwd"], "/");
+        assert_eq!(single["process"]["env"], json!([DEFAULT_PATH]));
+        assert_eq!(single["process"]["user"], json!({"uid": 0, "gid": 0}));
+        assert_eq!(
+            single["linux"]["uidMappings"],
+            json!([{"containerID": 0, "hostID": 4242, "size": 1}])
+        );
+    }
+}
