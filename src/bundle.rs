@@ -2,8 +2,8 @@
 //! [`unpack`](crate::unpack) does, and `DIR/config.json`, the rootless configuration `runc spec
 //! --rootless` gives, with the image's process, user, environment and annotations, and the id
 //! mappings the rootfs was made with. DIR is 0700: other host users cannot reach the setuid
-//! files inside; `rootfs/` is 0755, as the image's `/` normally is, so that a process inside
-//! that drops root can still reach its files.
+//! files inside; `rootfs/` takes the mode the image gives `/` (normally 0755,
+//! [`RootMode::Image`]), so that a process inside that drops root can still reach its files.
 
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -13,19 +13,37 @@ use serde_json::{Value, json};
 
 use crate::image::Process;
 use crate::protocol::{ExecUser, IdMap};
-use crate::unpack::{Options, Progress, Report, resolve, unpack_image};
+use crate::unpack::{Options, Progress, Report, RootMode, resolve, unpack_image};
 
-/// The rootfs's mode: what images give `/`.
-const ROOTFS_MODE: u32 = 0o755;
 /// The search path a process gets when the image sets none, as runc's and Docker's default.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// What `strata bundle` is asked: [`Options`] with `dest` the bundle's directory.
+/// What `strata bundle` is asked: [`Options`] with `dest` the bundle's directory (its
+/// `root_mode` is not asked: the rootfs always takes the image's).
 pub type BundleOptions = Options;
 
 /// Makes the bundle `options.dest` of `options.image`; `progress` hears how the unpack goes.
 /// The report's `rootfs` is `DEST/rootfs`. On failure DEST is not left behind (unless it was an
 /// empty directory already).
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// use strata::{BundleOptions, IdMapMode, RootMode, SnapshotterMode};
+///
+/// let options = BundleOptions {
+///     image: "images/app:1.0".into(),
+///     dest: "/tmp/app-bundle".into(), // then: runc run --bundle /tmp/app-bundle app
+///     store: Some("/var/tmp/strata-store".into()),
+///     platform: None,
+///     idmap: IdMapMode::Auto,
+///     snapshotter: SnapshotterMode::Auto,
+///     root_mode: RootMode::Image,
+///     jobs: 1,
+/// };
+/// strata::bundle(&options, &mut |_| {})?;
+/// # Ok(())
+/// # }
+/// ```
 pub fn bundle(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
     let dir = &options.dest;
     let created = match fs::read_dir(dir) {
@@ -59,12 +77,11 @@ fn make(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Result<R
     let rootfs = options.dest.join("rootfs");
     let unpack = Options {
         dest: rootfs.clone(),
+        root_mode: RootMode::Image,
         ..options.clone()
     };
     let (report, helper) = unpack_image(&unpack, &reference, &image, progress)?;
     let config = (|| {
-        fs::set_permissions(&rootfs, fs::Permissions::from_mode(ROOTFS_MODE))
-            .context("setting the rootfs's mode")?;
         let user = helper
             .look_up_user(&rootfs, &image.process.user)
             .with_context(|| format!("finding the image's user {:?}", image.process.user))?;

@@ -2,7 +2,7 @@
 //! it and renamed into place at the end.
 
 use std::fs::{self, DirBuilder};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -101,6 +101,12 @@ impl Staging {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// Gives the tree's root the permission bits `mode` (it is made 0700).
+    pub fn set_mode(&self, mode: u32) -> Result<()> {
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", self.dir.display()))
     }
 
     /// Moves the finished tree to DEST.

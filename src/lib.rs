@@ -22,7 +22,7 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use strata::{IdMapMode, Options, Progress, SnapshotterMode};
+//! use strata::{IdMapMode, Options, Progress, RootMode, SnapshotterMode};
 //!
 //! let options = Options {
 //!     image: "examples/hello-image:latest".into(),
@@ -31,6 +31,7 @@
 //!     platform: None,
 //!     idmap: IdMapMode::Auto,
 //!     snapshotter: SnapshotterMode::Auto,
+//!     root_mode: RootMode::Image,
 //!     jobs: 1,
 //! };
 //! let report = strata::unpack(&options, &mut |event| {
@@ -65,4 +66,4 @@ pub use image::Layer;
 pub use protocol::{Compression, Skipped};
 pub use sandbox::IdMapMode;
 pub use store::SnapshotterMode;
-pub use unpack::{LayerReport, Options, Progress, Report, unpack};
+pub use unpack::{LayerReport, Options, Progress, Report, RootMode, unpack};

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use strata::{
-    Archive, ArchiveCompression, Digest, ExtractOptions, IdMapMode, Options, Progress,
+    Archive, ArchiveCompression, Digest, ExtractOptions, IdMapMode, Options, Progress, RootMode,
     SnapshotterMode, upkeep,
 };
 
@@ -75,10 +75,30 @@ struct StoreArg {
 struct UnpackArgs {
     #[command(flatten)]
     how: HowToUnpack,
+    /// DEST's mode: private (0700: no other host user reaches inside, but in a container no
+    /// user but root can reach anything either) or image (the mode the image gives `/`,
+    /// normally 0755, as a container expects).
+    #[arg(long, value_enum, default_value_t = RootModeArg::Private)]
+    root_mode: RootModeArg,
     /// OCI image layout: PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG].
     image: String,
     /// Root filesystem to create: must not exist, or be an empty directory.
     dest: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RootModeArg {
+    Private,
+    Image,
+}
+
+impl From<RootModeArg> for RootMode {
+    fn from(arg: RootModeArg) -> RootMode {
+        match arg {
+            RootModeArg::Private => RootMode::Private,
+            RootModeArg::Image => RootMode::Image,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -231,8 +251,18 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Unpack(args) => unpack(args.how, args.image, args.dest, strata::unpack),
-        Command::Bundle(args) => unpack(args.how, args.image, args.dir, strata::bundle),
+        Command::Unpack(args) => {
+            let root_mode = args.root_mode.into();
+            unpack(args.how, args.image, args.dest, root_mode, strata::unpack)
+        }
+        // The bundle's rootfs always takes the image's mode; the directory is 0700.
+        Command::Bundle(args) => unpack(
+            args.how,
+            args.image,
+            args.dir,
+            RootMode::Image,
+            strata::bundle,
+        ),
         Command::Extract(args) => extract(args),
         Command::Ls { store, json } => ls(&store.resolve()?, json),
         Command::Rm { store, image } => rm(&store.resolve()?, &image),
@@ -251,7 +281,13 @@ fn default_jobs() -> usize {
 type Unpacker = fn(&Options, &mut dyn FnMut(Progress)) -> Result<strata::Report>;
 
 /// `unpack` or `bundle`: `run` makes `dest` of `image`.
-fn unpack(args: HowToUnpack, image: String, dest: PathBuf, run: Unpacker) -> Result<()> {
+fn unpack(
+    args: HowToUnpack,
+    image: String,
+    dest: PathBuf,
+    root_mode: RootMode,
+    run: Unpacker,
+) -> Result<()> {
     let store = if args.no_store {
         None
     } else {
@@ -260,6 +296,7 @@ fn unpack(args: HowToUnpack, image: String, dest: PathBuf, run: Unpacker) -> Res
     let options = Options {
         image,
         dest,
+        root_mode,
         store,
         platform: args.platform,
         idmap: args.idmap.into(),

@@ -36,11 +36,29 @@ pub struct Options {
     pub idmap: IdMapMode,
     /// How a new store keeps snapshots.
     pub snapshotter: SnapshotterMode,
+    /// The mode DEST gets.
+    pub root_mode: RootMode,
     /// Missing layers a store (overlay snapshotter) extracts at once, each into a snapshot
     /// of its own, committed in order, DEST then copied from the store; 1: in order, each
     /// layer filling its snapshot and DEST in the same pass.
     pub jobs: usize,
 }
+
+/// The mode a new rootfs gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RootMode {
+    /// 0700: no other host user can reach anything inside, setuid files included; but inside
+    /// a container, where `/` belongs to the container's root, neither can any other user of
+    /// the image (a service that drops its privileges cannot start).
+    #[default]
+    Private,
+    /// The mode the image gives `/` (its top-most layer's entry for `/`; 0755 when none has
+    /// one): what a container expects, and what lets other host users reach its files.
+    Image,
+}
+
+/// The mode images give `/` when none of their layers says.
+const IMAGE_ROOT_MODE: u32 = 0o755;
 
 /// What `strata unpack --json` prints.
 #[derive(Debug, Serialize)]
@@ -73,6 +91,10 @@ pub struct LayerReport {
     /// and how many more there were (left out of the JSON report when none).
     #[serde(skip_serializing_if = "is_zero")]
     pub skipped_omitted: u64,
+    /// The permission bits the layer's entry for `/` gives, if it has one (left out of the
+    /// JSON report when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_mode: Option<u32>,
 }
 
 fn is_zero(count: &u64) -> bool {
@@ -164,6 +186,13 @@ pub(crate) fn unpack_image(
             None => unpack_directly(&helper, image, &staging, progress),
         }
     })();
+    let layers = layers.and_then(|layers| {
+        if options.root_mode == RootMode::Image {
+            let mode = layers.iter().rev().find_map(|layer| layer.root_mode);
+            staging.set_mode(mode.unwrap_or(IMAGE_ROOT_MODE))?;
+        }
+        Ok(layers)
+    });
     let layers = match layers {
         Ok(layers) => layers,
         Err(err) => return Err(after_cleanup(err, staging.discard(&helper))),
@@ -329,6 +358,7 @@ fn commit(
         size: applied.bytes,
         skipped: applied.skipped.clone(),
         skipped_omitted: applied.skipped_omitted,
+        root_mode: applied.root_mode,
     };
     store
         .commit(active, &info)
@@ -511,9 +541,14 @@ enum Outcome<'a> {
 }
 
 fn report(layer: &Layer, chain_id: Digest, parentless: bool, outcome: Outcome) -> LayerReport {
-    let (cached, skipped, skipped_omitted) = match outcome {
-        Outcome::Applied(applied) => (false, applied.skipped.clone(), applied.skipped_omitted),
-        Outcome::Cached(info) => (true, info.skipped, info.skipped_omitted),
+    let (cached, skipped, skipped_omitted, root_mode) = match outcome {
+        Outcome::Applied(applied) => (
+            false,
+            applied.skipped.clone(),
+            applied.skipped_omitted,
+            applied.root_mode,
+        ),
+        Outcome::Cached(info) => (true, info.skipped, info.skipped_omitted, info.root_mode),
     };
     LayerReport {
         digest: layer.digest.clone(),
@@ -523,5 +558,6 @@ fn report(layer: &Layer, chain_id: Digest, parentless: bool, outcome: Outcome) -
         parentless,
         skipped,
         skipped_omitted,
+        root_mode,
     }
 }

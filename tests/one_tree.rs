@@ -461,3 +461,36 @@ fn names_deeper_than_a_path_can_say_land_through_a_symlink() {
         );
     }
 }
+
+/// `--root-mode image`: DEST takes the mode the top-most layer with an entry for `/` gives it
+/// (0755 when none has one), however the chain was unpacked (the warm run reads it from the
+/// snapshot's record); by default it stays 0700.
+#[test]
+fn the_root_takes_the_images_mode_when_asked_every_way() {
+    let env = TestEnv::new();
+    let with_root = Image::new()
+        .layer(
+            Layer::new()
+                .entry(Entry::dir("./").mode(0o751))
+                .file("a", b"a", 0o644),
+        )
+        .layer(Layer::new().file("b", b"b", 0o644))
+        .write(&env.path().join("with-root"));
+    let without_root = Image::new()
+        .layer(Layer::new().file("c", b"c", 0o644))
+        .write(&env.path().join("without-root"));
+    for (image, expected) in [(&with_root, 0o751), (&without_root, 0o755)] {
+        env.own(&image.path);
+        // The store's second run is warm: it finds every layer committed.
+        for mode in [Mode::Store, Mode::Store, Mode::NoStore, Mode::SideBySide] {
+            let dest = fresh_dest(&env, mode);
+            let args = ["--root-mode", "image"];
+            run_unpack(&env, mode, &args, image.path.as_os_str(), &dest).success();
+            let found = Tree::scan(&dest).node(".").mode;
+            assert_eq!(found, expected, "{mode:?} {}", image.path.display());
+        }
+        let dest = fresh_dest(&env, Mode::NoStore);
+        run_unpack(&env, Mode::NoStore, &[], image.path.as_os_str(), &dest).success();
+        assert_eq!(Tree::scan(&dest).node(".").mode, 0o700);
+    }
+}

@@ -173,6 +173,10 @@ fn the_helper_runs_confined() {
     }
     assert_eq!(field(helper, "Seccomp"), "2");
     assert_eq!(field(helper, "Seccomp_filters"), "1");
+    // The job maps its ring once it is locked down.
+    while ring_mappings(helper).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Nothing inherited: besides stdin (the ring's announcements), stdout, stderr, the result
     // pipe and the layer's ring (read-only, and mapped so), only what the helper opened itself
     // inside its new root.

@@ -16,7 +16,7 @@ use std::thread;
 use anyhow::{Result, anyhow};
 
 use crate::chunks::{self, ChunkReader};
-use strata_protocol::{Applied, Skipped, Whiteouts};
+use strata_protocol::{Applied, Whiteouts};
 
 /// A tree a layer is applied to.
 #[derive(Clone, Copy)]
@@ -130,12 +130,13 @@ pub fn apply_layer(
                 false => err,
             });
         }
-        let (entries, (skipped, skipped_omitted)) = results.swap_remove(0).0?;
+        let (entries, account) = results.swap_remove(0).0?;
         Ok(Applied {
             entries,
             bytes: bytes.map_err(|err| anyhow!(err).context("reading the layer"))?,
-            skipped,
-            skipped_omitted,
+            skipped: account.skipped,
+            skipped_omitted: account.skipped_omitted,
+            root_mode: account.root_mode,
         })
     })
 }
@@ -169,7 +170,7 @@ fn extract(
     mapped_ids: u64,
     whiteouts: Whiteouts,
     writer_threads: usize,
-) -> Result<(u64, (Vec<Skipped>, u64))> {
+) -> Result<(u64, apply::Account)> {
     thread::scope(|scope| {
         let writers = writers::Writers::start(scope, writer_threads);
         let mut archive = strata_tar::Archive::new(stream);

@@ -146,6 +146,7 @@ mod tests {
             bytes,
             skipped: Vec::new(),
             skipped_omitted: 0,
+            root_mode: None,
         }))
     }
 

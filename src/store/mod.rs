@@ -87,6 +87,9 @@ pub struct SnapshotInfo {
     /// How many more there were.
     #[serde(default)]
     pub skipped_omitted: u64,
+    /// The mode the layer's entry for `/` gives, if it has one.
+    #[serde(default)]
+    pub root_mode: Option<u32>,
 }
 
 /// A store of snapshots by chain ID, open and locked.

@@ -198,6 +198,10 @@ pub struct Applied {
     /// and how many more there were.
     #[serde(default)]
     pub skipped_omitted: u64,
+    /// The permission bits the layer's entry for `/` gives (its last, if several): not applied,
+    /// as `/` is DEST's, but the mode a rootfs takes with `--root-mode image`.
+    #[serde(default)]
+    pub root_mode: Option<u32>,
 }
 
 /// The helper's one answer.

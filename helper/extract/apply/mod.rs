@@ -77,6 +77,17 @@ enum Located {
     Missing,
 }
 
+/// What an applier makes of a layer as a whole, once it is applied.
+#[derive(Debug)]
+pub struct Account {
+    /// What could not be reproduced: the first thousand, in entry order,
+    pub skipped: Vec<Skipped>,
+    /// and how many more there were.
+    pub skipped_omitted: u64,
+    /// The mode the layer's last entry for `/` gives.
+    pub root_mode: Option<u32>,
+}
+
 pub struct Applier<'a> {
     tree: Tree<'a>,
     writers: &'a Writers,
@@ -107,6 +118,8 @@ pub struct Applier<'a> {
     link_groups: HashMap<Option<usize>, LinkGroups>,
     /// What could not be reproduced, by entry number.
     skipped: SkippedList,
+    /// The mode the layer's last entry for `/` gives.
+    root_mode: Option<u32>,
     buf: PageBuf,
     buffers: Buffers,
 }
@@ -133,6 +146,7 @@ impl<'a> Applier<'a> {
             overlay_seen: PathSet::default(),
             link_groups: HashMap::new(),
             skipped: SkippedList::default(),
+            root_mode: None,
             buf: PageBuf::new(256 * 1024),
             buffers: Buffers::default(),
         }
@@ -165,11 +179,16 @@ impl<'a> Applier<'a> {
 
     /// Sets the deferred directory modes and times: the layer's own directories get their
     /// entries' modes and times, and directories it added to get their times back.
-    pub fn finish(mut self) -> Result<(Vec<Skipped>, u64)> {
+    pub fn finish(mut self) -> Result<Account> {
         self.handed_out.clear();
         self.skipped.append(self.writers.finish()?);
         self.dir_fixes.apply()?;
-        Ok(self.skipped.finish())
+        let (skipped, skipped_omitted) = self.skipped.finish();
+        Ok(Account {
+            skipped,
+            skipped_omitted,
+            root_mode: self.root_mode,
+        })
     }
 
     fn skip(&mut self, path: &Path, reason: impl Into<String>) {
@@ -186,9 +205,11 @@ impl<'a> Applier<'a> {
     fn create(&mut self, spelled: &Path, header: &Header, data: &mut impl BufRead) -> Result<()> {
         let kind = header.kind;
         let (Some(spelled_parent), Some(name)) = (spelled.parent(), spelled.file_name()) else {
-            // The root itself: its metadata belongs to DEST, but its type may not change
-            // (CVE-2021-29136: a symlink at `/` redirected later layers to the host).
+            // The root itself: its metadata belongs to DEST (its mode is reported, for a
+            // rootfs that takes the image's), but its type may not change (CVE-2021-29136: a
+            // symlink at `/` redirected later layers to the host).
             if kind == Kind::Directory {
+                self.root_mode = Some((header.mode & 0o7777) as u32);
                 return Ok(());
             }
             bail!(
