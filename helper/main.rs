@@ -5,8 +5,8 @@
 //! - the inflater ([`inflate`]) decompresses the layer on stdin into a ring the parent reads,
 //!   behind a wall that leaves it nothing but its pipes;
 //! - a job: still single-threaded, it enters its namespaces, pivots into the target directory,
-//!   locks itself down, and does the one job asked (apply the tar stream on stdin, copy a
-//!   tree, or clear one). It never execs, loads libraries or looks up names after the pivot.
+//!   locks itself down, and does the one job asked (apply the tar stream in its ring, copy a
+//!   tree, clear one, or look a user up in its `/etc/passwd`). It never execs, loads libraries or looks up names after the pivot.
 
 mod at;
 mod chunks;

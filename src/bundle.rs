@@ -5,6 +5,7 @@
 //! files inside; `rootfs/` takes the mode the image gives `/` (normally 0755,
 //! [`RootMode::Image`]), so that a process inside that drops root can still reach its files.
 
+use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
@@ -14,6 +15,10 @@ use serde_json::{Value, json};
 use crate::image::Process;
 use crate::protocol::{ExecUser, IdMap};
 use crate::unpack::{Options, Progress, Report, RootMode, resolve, unpack_image};
+
+/// Annotation namespaces runtimes take orders from (crun's `run.oci.*` sets groups, seccomp
+/// receivers, handlers; runc's `org.criu.config`, …): an image's labels do not get to give them.
+const RUNTIME_NAMESPACES: [&str; 4] = ["run.oci.", "org.criu.", "org.systemd.", "io.kubernetes."];
 
 /// The search path a process gets when the image sets none, as runc's and Docker's default.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -89,13 +94,14 @@ fn make(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Result<R
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
         );
-        let config = runtime_config(
-            &image.process,
-            &user,
-            helper.idmap(),
-            host,
-            &image.annotations,
-        );
+        let (annotations, dropped) = annotations_for_runtimes(&image.annotations);
+        if !dropped.is_empty() {
+            progress(Progress::Warning(format!(
+                "left out of config.json, as runtimes act on them: the image's labels {}",
+                dropped.join(", ")
+            )));
+        }
+        let config = runtime_config(&image.process, &user, helper.idmap(), host, &annotations);
         let path = options.dest.join("config.json");
         fs::write(&path, serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("writing {}", path.display()))
@@ -107,6 +113,19 @@ fn make(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Result<R
     Ok(report)
 }
 
+/// `annotations` without the keys in namespaces runtimes act on; and those keys.
+fn annotations_for_runtimes(
+    annotations: &BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let (dropped, kept): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        annotations.clone().into_iter().partition(|(key, _)| {
+            RUNTIME_NAMESPACES
+                .iter()
+                .any(|namespace| key.starts_with(namespace))
+        });
+    (kept, dropped.into_keys().collect())
+}
+
 /// The runtime spec's `config.json` for `process` run as `user`, in a user namespace mapping
 /// ids as `idmap` (the user `host` as root, and its subordinate range above), as `runc spec
 /// --rootless` lays it out.
@@ -115,7 +134,7 @@ fn runtime_config(
     user: &ExecUser,
     idmap: IdMap,
     (uid, gid): (u32, u32),
-    annotations: &std::collections::BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
 ) -> Value {
     let mut env = process.env.clone();
     if !env.iter().any(|var| var.starts_with("PATH=")) {
@@ -149,11 +168,12 @@ fn runtime_config(
             "args": process.args,
             "env": env,
             "cwd": cwd,
+            // No ambient set: runc stopped giving one (it cannot be raised without the
+            // inheritable set), and it would hand these to a user the image runs as.
             "capabilities": {
                 "bounding": capabilities,
                 "effective": capabilities,
                 "permitted": capabilities,
-                "ambient": capabilities,
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": true,
@@ -199,6 +219,25 @@ fn runtime_config(
 mod tests {
     use super::*;
     use crate::protocol::IdRange;
+
+    #[test]
+    fn labels_runtimes_act_on_are_left_out() {
+        let labels: BTreeMap<String, String> = [
+            ("org.opencontainers.image.title", "t"),
+            ("run.oci.keep_original_groups", "1"),
+            ("org.criu.config", "/x"),
+            ("com.example.run.oci.note", "kept"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let (kept, dropped) = annotations_for_runtimes(&labels);
+        assert_eq!(
+            kept.keys().collect::<Vec<_>>(),
+            ["com.example.run.oci.note", "org.opencontainers.image.title"]
+        );
+        assert_eq!(dropped, ["org.criu.config", "run.oci.keep_original_groups"]);
+    }
 
     #[test]
     fn the_config_runs_the_images_process_as_its_user_with_the_trees_mappings() {

@@ -318,13 +318,10 @@ fn unpack(
 fn extract(args: ExtractArgs) -> Result<()> {
     let sha256 = args
         .sha256
-        .map(|hex| {
-            let text = if hex.starts_with("sha256:") {
-                hex
-            } else {
-                format!("sha256:{hex}")
-            };
-            Digest::parse(&text.to_ascii_lowercase())
+        .map(|given| {
+            let given = given.to_ascii_lowercase();
+            let hex = given.strip_prefix("sha256:").unwrap_or(&given);
+            Digest::parse(&format!("sha256:{hex}"))
         })
         .transpose()?;
     let options = ExtractOptions {

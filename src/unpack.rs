@@ -53,11 +53,12 @@ pub enum RootMode {
     #[default]
     Private,
     /// The mode the image gives `/` (its top-most layer's entry for `/`; 0755 when none has
-    /// one): what a container expects, and what lets other host users reach its files.
+    /// one), write for others and special bits left out: what a container expects, and what
+    /// lets other host users reach its files.
     Image,
 }
 
-/// The mode images give `/` when none of their layers says.
+/// The mode images give `/` when none of their layers says, and the most DEST gets.
 const IMAGE_ROOT_MODE: u32 = 0o755;
 
 /// What `strata unpack --json` prints.
@@ -189,7 +190,9 @@ pub(crate) fn unpack_image(
     let layers = layers.and_then(|layers| {
         if options.root_mode == RootMode::Image {
             let mode = layers.iter().rev().find_map(|layer| layer.root_mode);
-            staging.set_mode(mode.unwrap_or(IMAGE_ROOT_MODE))?;
+            // What a layer says, but no more than 0755: no host user but this one may write
+            // DEST, and `/` gets no setuid, setgid or sticky bit on the host.
+            staging.set_mode(mode.unwrap_or(IMAGE_ROOT_MODE) & IMAGE_ROOT_MODE)?;
         }
         Ok(layers)
     });

@@ -479,7 +479,15 @@ fn the_root_takes_the_images_mode_when_asked_every_way() {
     let without_root = Image::new()
         .layer(Layer::new().file("c", b"c", 0o644))
         .write(&env.path().join("without-root"));
-    for (image, expected) in [(&with_root, 0o751), (&without_root, 0o755)] {
+    // No more than 0755 on the host: others may not write DEST, nor a bit be special.
+    let open_root = Image::new()
+        .layer(Layer::new().entry(Entry::dir("./").mode(0o7777)))
+        .write(&env.path().join("open-root"));
+    for (image, expected) in [
+        (&with_root, 0o751),
+        (&without_root, 0o755),
+        (&open_root, 0o755),
+    ] {
         env.own(&image.path);
         // The store's second run is warm: it finds every layer committed.
         for mode in [Mode::Store, Mode::Store, Mode::NoStore, Mode::SideBySide] {

@@ -18,7 +18,7 @@ use std::error::Error;
 use std::io;
 use std::path::PathBuf;
 
-use oci_spec::image::Descriptor;
+use oci_spec::image::{Descriptor, ImageConfiguration};
 
 pub use self::layout::Layout;
 use self::layout::descriptor_digest;
@@ -42,7 +42,8 @@ pub struct Image {
     pub layers: Vec<Layer>,
     /// What its config says of the process to run.
     pub process: Process,
-    /// The manifest's annotations.
+    /// What a runtime bundle's annotations are made of (image-spec `conversion.md`): the
+    /// config's labels, and the keys its other fields imply.
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -183,11 +184,7 @@ pub fn resolve(reference: &ImageRef, platform: &Platform) -> Result<Image, Image
                 .collect(),
             working_dir: c.working_dir().clone().unwrap_or_default(),
         });
-    let annotations = manifest
-        .annotations()
-        .clone()
-        .map(|map| map.into_iter().collect())
-        .unwrap_or_default();
+    let annotations = conversion_annotations(&config);
     Ok(Image {
         layout,
         manifest_digest,
@@ -195,6 +192,37 @@ pub fn resolve(reference: &ImageRef, platform: &Platform) -> Result<Image, Image
         process,
         annotations,
     })
+}
+
+/// The annotations image-spec `conversion.md` says a runtime bundle gets: the config's
+/// `Labels`, then the keys its `os`, `architecture`, `author`, `created` and `StopSignal`
+/// imply (which win). Not the manifest's annotations, which it says to leave out.
+fn conversion_annotations(config: &ImageConfiguration) -> BTreeMap<String, String> {
+    let mut annotations: BTreeMap<String, String> = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.labels().clone())
+        .map(|labels| labels.into_iter().collect())
+        .unwrap_or_default();
+    let implied = [
+        ("os", Some(config.os().to_string())),
+        ("architecture", Some(config.architecture().to_string())),
+        ("author", config.author().clone()),
+        ("created", config.created().clone()),
+        (
+            "stopSignal",
+            config
+                .config()
+                .as_ref()
+                .and_then(|c| c.stop_signal().clone()),
+        ),
+    ];
+    for (key, value) in implied {
+        if let Some(value) = value {
+            annotations.insert(format!("org.opencontainers.image.{key}"), value);
+        }
+    }
+    annotations
 }
 
 /// The `number`th layer (counting from 1, as people do), paired with its diff ID.

@@ -224,9 +224,12 @@ impl Blob {
     }
 
     /// Moves the `bytes` just hashed, found at `offset` in the blob, into the pipe: from a
-    /// file, by `splice`.
+    /// layer's file, by `splice`. `splice` passes the page cache's pages, which a concurrent
+    /// writer of the file could change after they were hashed: for a layer the diff ID, hashed
+    /// downstream, still names what was applied; an archive has nothing else, so the very
+    /// bytes hashed are written.
     fn pass_on(&self, offset: u64, bytes: &[u8], pipe: &mut (impl Write + AsFd)) -> io::Result<()> {
-        let Input::File(file) = &self.input else {
+        let (Input::File(file), Expected::Descriptor { .. }) = (&self.input, &self.expected) else {
             return pipe.write_all(bytes);
         };
         let mut from = offset as i64;

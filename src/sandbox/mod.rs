@@ -20,12 +20,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::protocol::{
     CONTROL_FD, ExecUser, GIVEN_BACK_FD, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, RING_FD,
     Reply, Request, Role, Whiteouts,
 };
-use pass::Relay;
+use pass::{Passed, Relay, Relayed};
 use verdict::{Source, verdict};
 
 /// The most of the helper's reply that is read.
@@ -377,8 +379,24 @@ impl Started {
                     .stdin
                     .take()
                     .context("the inflater's stdin")?;
+                // Not reaped before the scope ends (`reply` waits for it), so the pid is its.
+                let inflater_pid = Pid::from_raw(inflater.child.id() as i32);
                 let (sent, relayed) = thread::scope(|scope| {
-                    let relay = scope.spawn(|| Relay::run(inflated, ring));
+                    let relay = scope.spawn(move || {
+                        let relayed = Relay::run(inflated, ring);
+                        if !matches!(
+                            relayed,
+                            Ok(Relayed {
+                                passed: Passed::Whole,
+                                ..
+                            })
+                        ) {
+                            // Nothing more of it is taken: stopped, it cannot leave the
+                            // blob's sender waiting on a pipe it no longer reads.
+                            let _ = kill(inflater_pid, Signal::SIGKILL);
+                        }
+                        relayed
+                    });
                     let sent = blob.send(&mut compressed);
                     drop(compressed);
                     let relayed = relay
