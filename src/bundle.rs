@@ -79,6 +79,9 @@ pub fn bundle(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Re
 
 fn make(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
     let (reference, image) = resolve(options)?;
+    if image.process.args.is_empty() {
+        bail!("the image gives no Entrypoint or Cmd: a bundle needs a process to run");
+    }
     let rootfs = options.dest.join("rootfs");
     let unpack = Options {
         dest: rootfs.clone(),
@@ -90,6 +93,7 @@ fn make(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Result<R
         let user = helper
             .look_up_user(&rootfs, &image.process.user)
             .with_context(|| format!("finding the image's user {:?}", image.process.user))?;
+        check_mapped(&user, helper.idmap())?;
         let host = (
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
@@ -111,6 +115,24 @@ fn make(options: &BundleOptions, progress: &mut dyn FnMut(Progress)) -> Result<R
         return Err(err);
     }
     Ok(report)
+}
+
+/// Refuses a bundle whose user the namespace cannot hold: a runtime would refuse to start it.
+fn check_mapped(user: &ExecUser, idmap: IdMap) -> Result<()> {
+    let mapped = |range: Option<u32>| 1 + u64::from(range.unwrap_or(0));
+    let (uids, gids) = match idmap {
+        IdMap::Single => (mapped(None), mapped(None)),
+        IdMap::Subordinate { uids, gids } => (mapped(Some(uids.count)), mapped(Some(gids.count))),
+    };
+    if u64::from(user.uid) >= uids || u64::from(user.gid) >= gids {
+        bail!(
+            "the image runs as {}:{}, but the {idmap} map holds only uids below {uids} and gids \
+             below {gids} (with --idmap auto, a subordinate range from /etc/subuid holds more)",
+            user.uid,
+            user.gid
+        );
+    }
+    Ok(())
 }
 
 /// `annotations` without the keys in namespaces runtimes act on; and those keys.
@@ -140,11 +162,8 @@ fn runtime_config(
     if !env.iter().any(|var| var.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_owned());
     }
-    let cwd = if process.working_dir.is_empty() {
-        "/"
-    } else {
-        &process.working_dir
-    };
+    // The runtime spec wants it absolute; Docker takes a relative one from `/`.
+    let cwd = format!("/{}", process.working_dir.trim_start_matches('/'));
     let mappings = |host: u32, range: Option<(u32, u32)>| {
         let mut mappings = vec![json!({"containerID": 0, "hostID": host, "size": 1})];
         if let Some((start, count)) = range {
@@ -221,6 +240,36 @@ mod tests {
     use crate::protocol::IdRange;
 
     #[test]
+    fn a_user_the_namespace_cannot_hold_is_refused() {
+        let user = |uid, gid| ExecUser { uid, gid };
+        let subordinate = IdMap::Subordinate {
+            uids: IdRange {
+                start: 100000,
+                count: 65536,
+            },
+            gids: IdRange {
+                start: 100000,
+                count: 10,
+            },
+        };
+        let rows = [
+            (user(0, 0), IdMap::Single, true),
+            (user(1000, 0), IdMap::Single, false),
+            (user(0, 1), IdMap::Single, false),
+            (user(65536, 10), subordinate, true),
+            (user(65537, 0), subordinate, false),
+            (user(1000, 11), subordinate, false),
+        ];
+        for (user, idmap, fits) in rows {
+            assert_eq!(
+                check_mapped(&user, idmap).is_ok(),
+                fits,
+                "{user:?} {idmap:?}"
+            );
+        }
+    }
+
+    #[test]
     fn labels_runtimes_act_on_are_left_out() {
         let labels: BTreeMap<String, String> = [
             ("org.opencontainers.image.title", "t"),
@@ -245,7 +294,7 @@ mod tests {
             user: "app".into(),
             env: vec!["LANG=C".into()],
             args: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
-            working_dir: "/srv".into(),
+            working_dir: "srv".into(), // relative, as Docker allows
         };
         let user = ExecUser {
             uid: 1000,

@@ -174,3 +174,15 @@ fn a_user_the_image_does_not_have_is_refused_and_leaves_no_bundle() {
     assert_mentions(out.failure(), &["nobody-here", "/etc/passwd"]);
     assert!(!dir.exists(), "the bundle directory was left behind");
 }
+
+#[test]
+fn a_user_the_id_map_cannot_hold_is_refused_and_leaves_no_bundle() {
+    let env = TestEnv::new();
+    let Some(image) = shell_image(&env, "image", "app") else {
+        return;
+    };
+    let dir = env.path().join("bundle");
+    let out = make_bundle(&env, &image, &dir, &["--no-store", "--idmap", "single"]);
+    assert_mentions(out.failure(), &["1000:1000", "single", "--idmap auto"]);
+    assert!(!dir.exists(), "the bundle directory was left behind");
+}
