@@ -194,6 +194,13 @@ fn the_helper_runs_confined() {
                 assert!(target.starts_with("/memfd:strata-ring"), "fd 5 is {target}");
                 assert_eq!(access_mode(helper, 5), libc::O_RDONLY);
                 assert_eq!(ring_mapping(helper), "r--s");
+                // Sealed (strata maps it before it starts the helper): reopened for writing,
+                // as anyone who can reach the descriptor could, it still takes no write.
+                let written = match fs::OpenOptions::new().write(true).open(entry.path()) {
+                    Ok(mut ring) => std::io::Write::write_all(&mut ring, b"x").is_ok(),
+                    Err(_) => false,
+                };
+                assert!(!written, "the applier's ring takes writes");
             }
             _ => assert!(target == "/" || target == "/big", "stray fd {fd}: {target}"),
         }

@@ -22,6 +22,7 @@ use std::thread;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use strata_ring::{Announcer, Filler};
 
 use crate::protocol::{
     CONTROL_FD, ExecUser, GIVEN_BACK_FD, MAPS_READY, MAPS_WANTED, Onto, Op, RESULT_FD, RING_FD,
@@ -145,11 +146,19 @@ impl Helper {
         self.start_with_ring(root, op)
     }
 
-    /// Starts an apply job `op` in `root`, with the ring it will read its stream from.
+    /// Starts an apply job `op` in `root`, with the ring it will read its stream from. The
+    /// parent maps the ring first, which seals it against every other writer: the helper gets
+    /// a ring no one but the parent can ever write.
     fn start_with_ring(&self, root: &Path, op: Op) -> Result<Started> {
         let (writable, readable) = strata_ring::create().context("creating the layer's ring")?;
         let (announced, announce) = io::pipe().context("creating the ring's pipes")?;
         let (given_back, give_back) = io::pipe().context("creating the ring's pipes")?;
+        let writer = strata_ring::writer(
+            &writable,
+            File::from(OwnedFd::from(announce)),
+            File::from(OwnedFd::from(given_back)),
+        )
+        .context("mapping the layer's ring")?;
         let ring = [readable.as_raw_fd(), give_back.as_raw_fd()];
         let mut started = self.start(
             &self.job(root, op),
@@ -157,11 +166,7 @@ impl Helper {
             Stdio::null(),
             Some(ring),
         )?;
-        started.ring = Some(RingEnds {
-            memory: writable,
-            announce: File::from(OwnedFd::from(announce)),
-            given_back: File::from(OwnedFd::from(given_back)),
-        });
+        started.ring = Some(writer);
         Ok(started)
     }
 
@@ -284,20 +289,13 @@ enum Feed {
     Blob,
 }
 
-/// The writer's ends of a layer's ring (see `strata-ring`).
-struct RingEnds {
-    memory: OwnedFd,
-    announce: File,
-    given_back: File,
-}
-
 /// A helper started (see [`Helper::start_apply`]). Dropped unfinished, it is killed: it must
 /// not take the end of its stdin for an empty layer.
 pub struct Started {
     /// The program and id map it was started with.
     helper: Helper,
-    /// For an apply job: the writer's ends of the ring it reads its layer from.
-    ring: Option<RingEnds>,
+    /// For an apply job: the writer of the ring it reads its layer from.
+    ring: Option<(Filler, Announcer)>,
     child: Child,
     results: io::PipeReader,
     /// Until the helper is set up: how it learns that its id maps are written.
@@ -370,8 +368,6 @@ impl Started {
     /// is first of all a mismatch.
     fn apply_fed(mut self, blob: &Blob, feed: Feed) -> Result<AppliedLayer> {
         let ring = self.ring.take().context("the helper takes no layer")?;
-        let ring = strata_ring::writer(&ring.memory, ring.announce, ring.given_back)
-            .context("mapping the layer's ring")?;
         match feed {
             Feed::Inflater(mut inflater, inflated) => {
                 let mut compressed = inflater
