@@ -12,7 +12,42 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-use crate::sandbox::Helper;
+use crate::sandbox::{Helper, IdMap, IdMapMode};
+use crate::store::after_cleanup;
+use crate::unpack::Progress;
+
+/// Makes `dest` whole or not at all: stages it, chooses the helper for `idmap` (tried on the
+/// empty staging directory; `recorded` gives the mapping a store was made with), removes what
+/// killed runs left beside it, lets `fill` fill the staging directory with that helper, and
+/// publishes it. On any failure the staging directory goes. Returns what `fill` returned, and
+/// the helper.
+pub fn build<T>(
+    dest: &Path,
+    idmap: IdMapMode,
+    recorded: impl FnOnce() -> Result<Option<IdMap>>,
+    progress: &mut dyn FnMut(Progress),
+    fill: impl FnOnce(&Staging, &Helper, &mut dyn FnMut(Progress)) -> Result<T>,
+) -> Result<(T, Helper)> {
+    let staging = Staging::create(dest)?;
+    // Until a helper is chosen, the staging directory is empty and needs none to go.
+    let mut helper = Helper::locate(IdMap::Single)?;
+    let filled = (|| {
+        let (chosen, warning) = Helper::choose(idmap, recorded()?, staging.path())?;
+        helper = chosen;
+        if let Some(warning) = warning {
+            progress(Progress::Warning(warning));
+        }
+        staging.remove_dead_runs_debris(&helper)?;
+        fill(&staging, &helper, progress)
+    })();
+    match filled {
+        Ok(filled) => {
+            staging.publish()?;
+            Ok((filled, helper))
+        }
+        Err(err) => Err(after_cleanup(err, staging.discard(&helper))),
+    }
+}
 
 pub struct Staging {
     dest: PathBuf,

@@ -10,11 +10,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::dest::Staging;
+use crate::dest::{self, Staging};
 use crate::digest::{Digest, Expected};
 use crate::protocol::{Compression, Skipped};
-use crate::sandbox::{AppliedLayer, Blob, Helper, IdMap, IdMapMode};
-use crate::store::after_cleanup;
+use crate::sandbox::{AppliedLayer, Blob, Helper, IdMapMode};
 use crate::unpack::Progress;
 
 /// What `strata extract` is asked.
@@ -116,27 +115,17 @@ fn extract_named(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExtractReport> {
     let blob = open(options, name)?;
-    let staging = Staging::create(&options.dest)?;
-    // Until a helper is chosen, the staging directory is empty and needs none to go.
-    let mut helper = Helper::locate(IdMap::Single)?;
-    let applied = (|| {
-        let (chosen, warning) = Helper::choose(options.idmap, None, staging.path())?;
-        helper = chosen;
-        if let Some(warning) = warning {
-            progress(Progress::Warning(warning));
-        }
-        staging.remove_dead_runs_debris(&helper)?;
+    let extract = |staging: &Staging, helper: &Helper, _: &mut dyn FnMut(Progress)| {
         helper.extract(staging.path(), &blob)
-    })();
-    let AppliedLayer {
-        blob,
-        diff_id,
-        applied,
-    } = match applied {
-        Ok(applied) => applied,
-        Err(err) => return Err(after_cleanup(err, staging.discard(&helper))),
     };
-    staging.publish()?;
+    let (
+        AppliedLayer {
+            blob,
+            diff_id,
+            applied,
+        },
+        _,
+    ) = dest::build(&options.dest, options.idmap, || Ok(None), progress, extract)?;
     Ok(ExtractReport {
         dest: options.dest.clone(),
         archive: blob.digest,

@@ -12,13 +12,13 @@ use std::thread;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::dest::Staging;
+use crate::dest::{self, Staging};
 use crate::digest::Digest;
 use crate::image::{self, Image, ImageRef, Layer, Platform};
 use crate::plan::{Plan, plan};
 use crate::protocol::NeedsLowers;
 use crate::protocol::{Applied, Onto, Skipped};
-use crate::sandbox::{AppliedLayer, Blob, Helper, IdMap, IdMapMode};
+use crate::sandbox::{AppliedLayer, Blob, Helper, IdMapMode};
 use crate::store::{Active, ImageRecord, SnapshotInfo, SnapshotterMode, Store, after_cleanup, now};
 
 /// What `strata unpack` is asked.
@@ -154,40 +154,29 @@ pub(crate) fn unpack_image(
     image: &Image,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Report, Helper)> {
-    let staging = Staging::create(&options.dest)?;
-    // Until a helper is chosen, the staging directory is empty and needs none to go.
-    let mut helper = Helper::locate(IdMap::Single)?;
-    let layers = (|| {
-        let recorded = match &options.store {
-            Some(store) => Store::recorded_idmap(store)?,
-            None => None,
-        };
-        let (chosen, warning) = Helper::choose(options.idmap, recorded, staging.path())?;
-        helper = chosen;
-        if let Some(warning) = warning {
-            progress(Progress::Warning(warning));
-        }
-        staging.remove_dead_runs_debris(&helper)?;
-        match &options.store {
+    let recorded = || match &options.store {
+        Some(store) => Store::recorded_idmap(store),
+        None => Ok(None),
+    };
+    let fill = |staging: &Staging, helper: &Helper, progress: &mut dyn FnMut(Progress)| {
+        let layers = match &options.store {
             Some(store) => {
                 let store = Store::open(store, helper.clone(), options.snapshotter)?;
                 for warning in store.left_behind() {
                     progress(Progress::Warning(warning.clone()));
                 }
                 let layers =
-                    unpack_with_store(&store, &helper, image, &staging, options.jobs, progress)?;
+                    unpack_with_store(&store, helper, image, staging, options.jobs, progress)?;
                 store.record_image(&ImageRecord {
                     reference: absolute(reference).to_string(),
                     manifest: image.manifest_digest.clone(),
                     chain_ids: layers.iter().map(|layer| layer.chain_id.clone()).collect(),
                     last_used: now(),
                 })?;
-                Ok(layers)
+                layers
             }
-            None => unpack_directly(&helper, image, &staging, progress),
-        }
-    })();
-    let layers = layers.and_then(|layers| {
+            None => unpack_directly(helper, image, staging, progress)?,
+        };
         if options.root_mode == RootMode::Image {
             let mode = layers.iter().rev().find_map(|layer| layer.root_mode);
             // What a layer says, but no more than 0755: no host user but this one may write
@@ -195,12 +184,8 @@ pub(crate) fn unpack_image(
             staging.set_mode(mode.unwrap_or(IMAGE_ROOT_MODE) & IMAGE_ROOT_MODE)?;
         }
         Ok(layers)
-    });
-    let layers = match layers {
-        Ok(layers) => layers,
-        Err(err) => return Err(after_cleanup(err, staging.discard(&helper))),
     };
-    staging.publish()?;
+    let (layers, helper) = dest::build(&options.dest, options.idmap, recorded, progress, fill)?;
     let report = Report {
         manifest: image.manifest_digest.clone(),
         chain_id: layers.last().map(|l| l.chain_id.clone()),

@@ -150,21 +150,15 @@ impl Helper {
     /// parent maps the ring first, which seals it against every other writer: the helper gets
     /// a ring no one but the parent can ever write.
     fn start_with_ring(&self, root: &Path, op: Op) -> Result<Started> {
-        let (writable, readable) = strata_ring::create().context("creating the layer's ring")?;
-        let (announced, announce) = io::pipe().context("creating the ring's pipes")?;
-        let (given_back, give_back) = io::pipe().context("creating the ring's pipes")?;
-        let writer = strata_ring::writer(
-            &writable,
-            File::from(OwnedFd::from(announce)),
-            File::from(OwnedFd::from(given_back)),
-        )
-        .context("mapping the layer's ring")?;
-        let ring = [readable.as_raw_fd(), give_back.as_raw_fd()];
+        let ring = NewRing::create()?;
+        let writer = strata_ring::writer(&ring.writable, ring.announce, ring.given_back)
+            .context("mapping the layer's ring")?;
+        let fds = [ring.readable.as_raw_fd(), ring.give_back.as_raw_fd()];
         let mut started = self.start(
             &self.job(root, op),
-            announced.into(),
+            ring.announced.into(),
             Stdio::null(),
-            Some(ring),
+            Some(fds),
         )?;
         started.ring = Some(writer);
         Ok(started)
@@ -280,6 +274,36 @@ impl Helper {
     }
 }
 
+/// A new ring (see `strata-ring`) and its pipes, each end yet to be handed to its writer or
+/// reader: one of the two is a helper.
+struct NewRing {
+    writable: OwnedFd,
+    readable: OwnedFd,
+    /// The announcements: the reader's end, and the writer's.
+    announced: File,
+    announce: File,
+    /// Slots given back: the writer's end, and the reader's.
+    given_back: File,
+    give_back: File,
+}
+
+impl NewRing {
+    fn create() -> Result<NewRing> {
+        let (writable, readable) = strata_ring::create().context("creating a layer's ring")?;
+        let (announced, announce) = io::pipe().context("creating a ring's pipes")?;
+        let (given_back, give_back) = io::pipe().context("creating a ring's pipes")?;
+        let file = |end: OwnedFd| File::from(end);
+        Ok(NewRing {
+            writable,
+            readable,
+            announced: file(announced.into()),
+            announce: file(announce.into()),
+            given_back: file(given_back.into()),
+            give_back: file(give_back.into()),
+        })
+    }
+}
+
 /// Where the applier's ring is filled from: always by the parent, which hashes what it writes.
 enum Feed {
     /// An inflater, started, waiting for the compressed blob on its stdin, and the reader's
@@ -346,20 +370,14 @@ impl Started {
         if !blob.needs_inflating()? {
             return Ok(Feed::Blob);
         }
-        let (writable, readable) = strata_ring::create().context("creating the inflater's ring")?;
-        let (announced, announce) = io::pipe().context("creating the ring's pipes")?;
-        let (given_back, give_back) = io::pipe().context("creating the ring's pipes")?;
+        let ring = NewRing::create()?;
         let role = Role::Inflate(blob.compression());
-        let ring = [writable.as_raw_fd(), given_back.as_raw_fd()];
+        let fds = [ring.writable.as_raw_fd(), ring.given_back.as_raw_fd()];
         let inflater = self
             .helper
-            .start(&role, Stdio::piped(), announce.into(), Some(ring))?;
-        let inflated = strata_ring::Reader::new(
-            &readable,
-            File::from(OwnedFd::from(announced)),
-            File::from(OwnedFd::from(give_back)),
-        )
-        .context("mapping the inflater's ring")?;
+            .start(&role, Stdio::piped(), ring.announce.into(), Some(fds))?;
+        let inflated = strata_ring::Reader::new(&ring.readable, ring.announced, ring.give_back)
+            .context("mapping the inflater's ring")?;
         Ok(Feed::Inflater(inflater, inflated))
     }
 
