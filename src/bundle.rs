@@ -44,6 +44,7 @@ pub type BundleOptions = Options;
 ///     snapshotter: SnapshotterMode::Auto,
 ///     root_mode: RootMode::Image,
 ///     jobs: 1,
+///     pull: Default::default(),
 /// };
 /// strata::bundle(&options, &mut |_| {})?;
 /// # Ok(())

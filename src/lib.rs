@@ -33,6 +33,7 @@
 //!     snapshotter: SnapshotterMode::Auto,
 //!     root_mode: RootMode::Image,
 //!     jobs: 1,
+//!     pull: Default::default(), // registries: credentials and TLS as podman finds them
 //! };
 //! let report = strata::unpack(&options, &mut |event| {
 //!     if let Progress::Extracting { index, count, layer } = event {
@@ -52,6 +53,7 @@ mod digest;
 mod extract;
 mod image;
 mod plan;
+mod registry;
 mod sandbox;
 mod store;
 mod unpack;
@@ -64,6 +66,7 @@ pub use digest::Digest;
 pub use extract::{Archive, ArchiveCompression, ExtractOptions, ExtractReport, extract};
 pub use image::Layer;
 pub use protocol::{Compression, Skipped};
+pub use registry::{AuthOptions, PullOptions};
 pub use sandbox::IdMapMode;
 pub use store::SnapshotterMode;
 pub use unpack::{LayerReport, Options, Progress, Report, RootMode, unpack};

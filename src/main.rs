@@ -8,8 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use strata::{
-    Archive, ArchiveCompression, Digest, ExtractOptions, IdMapMode, Options, Progress, RootMode,
-    SnapshotterMode, upkeep,
+    Archive, ArchiveCompression, AuthOptions, Digest, ExtractOptions, IdMapMode, Options, Progress,
+    PullOptions, RootMode, SnapshotterMode, upkeep,
 };
 
 #[derive(Parser)]
@@ -80,7 +80,8 @@ struct UnpackArgs {
     /// normally 0755, as a container expects).
     #[arg(long, value_enum, default_value_t = RootModeArg::Private)]
     root_mode: RootModeArg,
-    /// OCI image layout: PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG].
+    /// OCI image layout (PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG]) or registry
+    /// image (docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST]; no host: docker.io).
     image: String,
     /// Root filesystem to create: must not exist, or be an empty directory.
     dest: PathBuf,
@@ -105,7 +106,8 @@ impl From<RootModeArg> for RootMode {
 struct BundleArgs {
     #[command(flatten)]
     how: HowToUnpack,
-    /// OCI image layout: PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG].
+    /// OCI image layout (PATH, PATH:TAG, PATH@sha256:DIGEST or oci:PATH[:TAG]) or registry
+    /// image (docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST]; no host: docker.io).
     image: String,
     /// Bundle directory to create (mode 0700): must not exist, or be an empty directory.
     dir: PathBuf,
@@ -146,6 +148,42 @@ struct HowToUnpack {
         conflicts_with = "no_store"
     )]
     jobs: Option<u16>,
+    #[command(flatten)]
+    pull: PullArgs,
+}
+
+/// How a `docker://` IMAGE's registry is reached, as podman and skopeo take it.
+#[derive(Args)]
+struct PullArgs {
+    /// Credentials file [default: $REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json
+    /// and ~/.config/containers/auth.json; then ~/.docker/config.json].
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Credentials for the registry, instead of any file's.
+    #[arg(long, value_name = "USER[:PASSWORD]")]
+    creds: Option<String>,
+    /// Directory of the registry's CAs (*.crt) and client certificates (*.cert, *.key)
+    /// [default: the registry's directory in ~/.config/containers/certs.d,
+    /// /etc/containers/certs.d or /etc/docker/certs.d].
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+    /// Verify the registry's TLS certificate; false also tries plain HTTP.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    tls_verify: bool,
+}
+
+impl From<PullArgs> for PullOptions {
+    fn from(args: PullArgs) -> PullOptions {
+        PullOptions {
+            auth: AuthOptions {
+                creds: args.creds,
+                authfile: args.authfile,
+            },
+            cert_dir: args.cert_dir,
+            tls_verify: args.tls_verify,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -302,6 +340,7 @@ fn unpack(
         idmap: args.idmap.into(),
         snapshotter: args.snapshotter.into(),
         jobs: args.jobs.map_or_else(default_jobs, usize::from),
+        pull: args.pull.into(),
     };
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let report = run(&options, &mut |event| match event {

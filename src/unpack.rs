@@ -14,17 +14,19 @@ use serde::Serialize;
 
 use crate::dest::{self, Staging};
 use crate::digest::Digest;
-use crate::image::{self, Image, ImageRef, Layer, Platform};
+use crate::image::{self, Image, ImageRef, Layer, LayoutRef, Platform};
 use crate::plan::{Plan, plan};
 use crate::protocol::NeedsLowers;
 use crate::protocol::{Applied, Onto, Skipped};
+use crate::registry::PullOptions;
 use crate::sandbox::{AppliedLayer, Blob, Helper, IdMapMode};
 use crate::store::{Active, ImageRecord, SnapshotInfo, SnapshotterMode, Store, after_cleanup, now};
 
 /// What `strata unpack` is asked.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// `PATH`, `PATH:TAG`, `PATH@sha256:…` or `oci:PATH[:TAG]`.
+    /// `PATH`, `PATH:TAG`, `PATH@sha256:…` or `oci:PATH[:TAG]`: an OCI layout; or
+    /// `docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST]`: a registry.
     pub image: String,
     /// The root filesystem to make: missing, or an empty directory.
     pub dest: PathBuf,
@@ -42,6 +44,8 @@ pub struct Options {
     /// of its own, committed in order, DEST then copied from the store; 1: in order, each
     /// layer filling its snapshot and DEST in the same pass.
     pub jobs: usize,
+    /// How registries are reached: credentials and TLS.
+    pub pull: PullOptions,
 }
 
 /// The mode a new rootfs gets.
@@ -142,7 +146,7 @@ pub(crate) fn resolve(options: &Options) -> Result<(ImageRef, Image)> {
         Some(text) => Platform::parse(text)?,
         None => Platform::host(),
     };
-    let image = image::resolve(&reference, &platform)?;
+    let image = image::resolve(&reference, &platform, &options.pull)?;
     Ok((reference, image))
 }
 
@@ -478,8 +482,8 @@ fn extract(
 ) -> Result<Applied> {
     let layer = &image.layers[index];
     let run = || -> Result<Applied> {
-        let file = image.layout.open_blob(&layer.digest)?;
-        let blob = Blob::new(file, &layer.digest, layer.size, layer.compression);
+        let input = image.source.open_blob(layer)?;
+        let blob = Blob::new(input, &layer.digest, layer.size, layer.compression)?;
         let AppliedLayer {
             diff_id, applied, ..
         } = apply(&blob)?;
@@ -503,12 +507,14 @@ fn describe(image: &Image, index: usize) -> String {
     )
 }
 
-/// `reference` with its layout path made absolute, as the store records it.
+/// `reference` with a layout's path made absolute, as the store records it.
 pub(crate) fn absolute(reference: &ImageRef) -> ImageRef {
-    let layout = std::fs::canonicalize(&reference.layout).unwrap_or(reference.layout.clone());
-    ImageRef {
-        layout,
-        selector: reference.selector.clone(),
+    match reference {
+        ImageRef::Layout(LayoutRef { layout, selector }) => ImageRef::Layout(LayoutRef {
+            layout: std::fs::canonicalize(layout).unwrap_or(layout.clone()),
+            selector: selector.clone(),
+        }),
+        ImageRef::Registry(_) => reference.clone(),
     }
 }
 

@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::image::{self, ImageRef, Platform};
+use crate::registry::PullOptions;
 use crate::sandbox::{Helper, IdMap, IdMapMode};
 pub use crate::store::ImageRecord;
 use crate::store::{SnapshotterMode, Store};
@@ -87,9 +88,11 @@ pub fn forget(store: &Path, image: &str) -> Result<Vec<ImageRecord>> {
     let by_digest = Digest::parse(image).ok();
     let reference = ImageRef::parse(image).ok();
     let by_reference = reference.as_ref().map(|r| absolute(r).to_string());
+    // A layout is read again; a registry is not asked.
     let by_content = reference
         .as_ref()
-        .and_then(|r| image::resolve(r, &Platform::host()).ok())
+        .filter(|r| matches!(r, ImageRef::Layout(_)))
+        .and_then(|r| image::resolve(r, &Platform::host(), &PullOptions::default()).ok())
         .map(|resolved| resolved.manifest_digest);
     let doomed: Vec<ImageRecord> = Store::images(store)?
         .into_iter()

@@ -7,12 +7,10 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{
-    Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, OciLayout,
-};
+use oci_spec::image::{ImageIndex, OciLayout};
 
-use super::media::{self, Kind};
-use super::{ImageError, MAX_JSON_SIZE, describe};
+use super::source::{garbled, parse_index};
+use super::{ImageError, MAX_JSON_SIZE};
 use crate::digest::Digest;
 
 /// The root of an OCI image layout: `oci-layout`, `index.json` and `blobs/sha256/<hex>`.
@@ -73,62 +71,19 @@ impl Layout {
         parse_index(&path.display().to_string(), &read_file(&path)?)
     }
 
-    pub(super) fn index(
-        &self,
-        descriptor: &Descriptor,
-    ) -> Result<(Digest, ImageIndex), ImageError> {
-        let (digest, bytes) = self.read_json_blob("index", descriptor)?;
-        let index = parse_index(&format!("index {digest}"), &bytes)?;
-        Ok((digest, index))
-    }
-
-    pub(super) fn manifest(
-        &self,
-        descriptor: &Descriptor,
-    ) -> Result<(Digest, ImageManifest), ImageError> {
-        let (digest, bytes) = self.read_json_blob("manifest", descriptor)?;
-        let what = format!("manifest {digest}");
-        let manifest =
-            ImageManifest::from_reader(&bytes[..]).map_err(|error| garbled(&what, &error))?;
-        check_document(
-            &what,
-            manifest.schema_version(),
-            manifest.media_type().as_ref(),
-            Kind::Manifest,
-        )?;
-        Ok((digest, manifest))
-    }
-
-    pub(super) fn config(
-        &self,
-        descriptor: &Descriptor,
-    ) -> Result<(Digest, ImageConfiguration), ImageError> {
-        let (digest, bytes) = self.read_json_blob("config", descriptor)?;
-        let config = ImageConfiguration::from_reader(&bytes[..])
-            .map_err(|error| garbled(&format!("config {digest}"), &error))?;
-        Ok((digest, config))
-    }
-
-    /// Reads the blob `descriptor` names after checking its size, and checks its digest.
-    fn read_json_blob(
+    /// Reads the blob `digest`, which must be `expected` bytes long: a small one (a JSON
+    /// document), whose size the caller has checked. The caller checks its digest.
+    pub(super) fn small_blob(
         &self,
         what: &str,
-        descriptor: &Descriptor,
-    ) -> Result<(Digest, Vec<u8>), ImageError> {
-        let digest = descriptor_digest(what, descriptor)?;
-        let what = format!("{what} {digest}");
-        let expected = descriptor.size();
-        if expected > MAX_JSON_SIZE {
-            return Err(ImageError::TooLarge {
-                what,
-                size: expected,
-            });
-        }
-        let (file, actual) = open_regular(&self.blob_path(&digest))
-            .map_err(|error| self.blob_error(&digest, error))?;
+        digest: &Digest,
+        expected: u64,
+    ) -> Result<Vec<u8>, ImageError> {
+        let (file, actual) = open_regular(&self.blob_path(digest))
+            .map_err(|error| self.blob_error(digest, error))?;
         if actual != expected {
             return Err(ImageError::SizeMismatch {
-                what,
+                what: what.to_owned(),
                 expected,
                 actual,
             });
@@ -137,18 +92,10 @@ impl Layout {
         file.take(expected)
             .read_to_end(&mut bytes)
             .map_err(|error| ImageError::Io {
-                path: self.blob_path(&digest),
+                path: self.blob_path(digest),
                 error,
             })?;
-        // Also catches a blob that changed size since it was measured.
-        let actual_digest = Digest::of_bytes(&bytes);
-        if actual_digest != digest {
-            return Err(ImageError::DigestMismatch {
-                what,
-                actual: actual_digest,
-            });
-        }
-        Ok((digest, bytes))
+        Ok(bytes)
     }
 
     fn blob_error(&self, digest: &Digest, error: io::Error) -> ImageError {
@@ -163,16 +110,6 @@ impl Layout {
             },
         }
     }
-}
-
-/// The sha256 digest of a descriptor; strata accepts no other algorithm.
-pub(super) fn descriptor_digest(what: &str, descriptor: &Descriptor) -> Result<Digest, ImageError> {
-    let digest = descriptor.digest().as_ref();
-    Digest::parse(digest).map_err(|_| {
-        ImageError::Invalid(format!(
-            "{what} {digest} does not use sha256, the only digest algorithm strata supports"
-        ))
-    })
 }
 
 /// Opens a regular file and returns its size. Anything else is refused before opening, since
@@ -206,46 +143,4 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
         .read_to_end(&mut bytes)
         .map_err(io_error)?;
     Ok(bytes)
-}
-
-fn parse_index(what: &str, bytes: &[u8]) -> Result<ImageIndex, ImageError> {
-    let index = ImageIndex::from_reader(bytes).map_err(|error| garbled(what, &error))?;
-    check_document(
-        what,
-        index.schema_version(),
-        index.media_type().as_ref(),
-        Kind::Index,
-    )?;
-    Ok(index)
-}
-
-/// Checks the fields by which a document says what it is. Its own `mediaType` is optional (and
-/// absent in older OCI documents), but when present it must agree with how it was reached, so
-/// that a manifest cannot pass for an index or the other way round.
-fn check_document(
-    what: &str,
-    schema_version: u32,
-    media_type: Option<&MediaType>,
-    expected: Kind,
-) -> Result<(), ImageError> {
-    if schema_version != 2 {
-        return Err(ImageError::Invalid(format!(
-            "{what} has schemaVersion {schema_version}; only 2 is supported"
-        )));
-    }
-    match media_type {
-        Some(declared) if media::kind(declared.as_ref()) != Some(expected) => {
-            Err(ImageError::Invalid(format!(
-                "{what} declares media type {declared}, but an {expected} was expected"
-            )))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn garbled(what: &str, error: &oci_spec::OciSpecError) -> ImageError {
-    ImageError::Garbled {
-        what: what.to_owned(),
-        detail: describe(error),
-    }
 }

@@ -1,6 +1,6 @@
-//! Resolving IMAGE to what is to be unpacked: OCI layout → `index.json` entry → (nested
-//! indexes →) manifest → config → layers, with every JSON document verified against its
-//! descriptor before it is parsed.
+//! Resolving IMAGE to what is to be unpacked: an OCI layout's `index.json` entry, or what a
+//! registry serves for a tag or digest → (nested indexes →) manifest → config → layers, with
+//! every JSON document verified against its digest before it is parsed.
 //!
 //! Layer blobs are not read here: the caller streams each one to the extractor, checking its
 //! size and digest on the way, and verifies the diff ID the extractor reports.
@@ -10,6 +10,7 @@ mod media;
 mod platform;
 mod reference;
 mod select;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -21,11 +22,13 @@ use std::path::PathBuf;
 use oci_spec::image::{Descriptor, ImageConfiguration};
 
 pub use self::layout::Layout;
-use self::layout::descriptor_digest;
 pub use self::platform::Platform;
-pub use self::reference::{ImageRef, Selector};
+pub use self::reference::{ImageRef, LayoutRef, Selector};
+use self::source::descriptor_digest;
+pub use self::source::{BlobInput, Source};
 use crate::digest::Digest;
 use crate::protocol::Compression;
+use crate::registry::{PullOptions, RegistryError, Repository};
 
 /// The most we read of any JSON document. Real ones are a few KiB; the cap keeps a descriptor
 /// that claims gigabytes from making us allocate them.
@@ -34,8 +37,8 @@ const MAX_JSON_SIZE: u64 = 4 << 20;
 /// An image ready to unpack: its layers in order, bottom first.
 #[derive(Clone, Debug)]
 pub struct Image {
-    /// The layout it is in.
-    pub layout: Layout,
+    /// Where it is read.
+    pub source: Source,
     /// Its manifest's digest: what names the image in the store's records.
     pub manifest_digest: Digest,
     /// Its layers, bottom first.
@@ -133,14 +136,34 @@ pub enum ImageError {
     /// Content that parses but breaks a rule of the image spec.
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
-/// Finds the image `reference` names for `platform` and checks that its manifest and config
-/// agree on its layers.
-pub fn resolve(reference: &ImageRef, platform: &Platform) -> Result<Image, ImageError> {
-    let layout = Layout::open(&reference.layout)?;
-    let descriptor = select::manifest_descriptor(&layout, reference, platform)?;
-    let (manifest_digest, manifest) = layout.manifest(&descriptor)?;
+/// Finds the image `reference` names for `platform` (reaching a registry as `pull` says) and
+/// checks that its manifest and config agree on its layers.
+pub fn resolve(
+    reference: &ImageRef,
+    platform: &Platform,
+    pull: &PullOptions,
+) -> Result<Image, ImageError> {
+    let (source, descriptor) = match reference {
+        ImageRef::Layout(reference) => {
+            let layout = Layout::open(&reference.layout)?;
+            let index = layout.index_json()?;
+            let source = Source::Layout(layout);
+            let descriptor = select::manifest_descriptor(&source, &index, reference, platform)?;
+            (source, descriptor)
+        }
+        ImageRef::Registry(reference) => {
+            let repository = Repository::connect(reference, pull)?;
+            let (source, root) = Source::registry(repository, reference)?;
+            let descriptor =
+                select::follow_indexes(&source, root, platform, &reference.to_string())?;
+            (source, descriptor)
+        }
+    };
+    let (manifest_digest, manifest) = source.manifest(&descriptor)?;
 
     let config_descriptor = manifest.config();
     let config_type = config_descriptor.media_type().as_ref();
@@ -150,7 +173,7 @@ pub fn resolve(reference: &ImageRef, platform: &Platform) -> Result<Image, Image
             media_type: config_type.to_owned(),
         });
     }
-    let (config_digest, config) = layout.config(config_descriptor)?;
+    let (config_digest, config) = source.config(config_descriptor)?;
 
     let rootfs = config.rootfs();
     if rootfs.typ() != "layers" {
@@ -186,7 +209,7 @@ pub fn resolve(reference: &ImageRef, platform: &Platform) -> Result<Image, Image
         });
     let annotations = conversion_annotations(&config);
     Ok(Image {
-        layout,
+        source,
         manifest_digest,
         layers,
         process,

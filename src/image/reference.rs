@@ -1,14 +1,49 @@
-//! The IMAGE argument: which layout directory, and which image inside it.
+//! The IMAGE argument: an image in a layout directory (`PATH…`, `oci:PATH…`), or in a
+//! registry (`docker://…`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::ImageError;
 use crate::digest::Digest;
+use crate::registry::RegistryRef;
 
-/// An image in an OCI layout directory, as named on the command line.
+/// An image as named on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageRef {
+pub enum ImageRef {
+    /// In an OCI layout directory.
+    Layout(LayoutRef),
+    /// In a registry.
+    Registry(RegistryRef),
+}
+
+impl ImageRef {
+    /// Parses `docker://REFERENCE`, or a layout's `PATH…` (see [`LayoutRef::parse`]).
+    pub fn parse(text: &str) -> Result<ImageRef, ImageError> {
+        match text.strip_prefix("docker://") {
+            Some(rest) => RegistryRef::parse(rest)
+                .map(ImageRef::Registry)
+                .map_err(|reason| ImageError::Reference {
+                    text: text.to_owned(),
+                    reason,
+                }),
+            None => LayoutRef::parse(text).map(ImageRef::Layout),
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageRef::Layout(layout) => layout.fmt(f),
+            ImageRef::Registry(registry) => registry.fmt(f),
+        }
+    }
+}
+
+/// An image in an OCI layout directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutRef {
     /// The layout's directory.
     pub layout: PathBuf,
     /// Which image in it.
@@ -26,13 +61,13 @@ pub enum Selector {
     Digest(Digest),
 }
 
-impl ImageRef {
+impl LayoutRef {
     /// Parses `PATH`, `PATH:TAG`, `PATH@sha256:HEX`, or skopeo's `oci:PATH[:TAG]`.
     ///
     /// Directory names may contain ':', so a text that names an existing directory is taken
     /// whole as the path; otherwise a tag is split off at the last ':' after the last '/'.
     /// A literal directory named `oci:…` must be written as `./oci:…`.
-    pub fn parse(text: &str) -> Result<ImageRef, ImageError> {
+    pub fn parse(text: &str) -> Result<LayoutRef, ImageError> {
         let invalid = |reason: String| ImageError::Reference {
             text: text.to_owned(),
             reason,
@@ -64,14 +99,14 @@ impl ImageRef {
         if path.is_empty() {
             return Err(invalid("the layout path is empty".to_owned()));
         }
-        Ok(ImageRef {
+        Ok(LayoutRef {
             layout: PathBuf::from(path),
             selector,
         })
     }
 }
 
-impl fmt::Display for ImageRef {
+impl fmt::Display for LayoutRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = self.layout.display();
         match &self.selector {
@@ -103,7 +138,7 @@ mod tests {
     const HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn parse(text: &str) -> (String, Selector) {
-        let reference = ImageRef::parse(text).unwrap();
+        let reference = LayoutRef::parse(text).unwrap();
         (
             reference.layout.to_str().unwrap().to_owned(),
             reference.selector,
@@ -148,8 +183,8 @@ mod tests {
             parse(&format!("oci:a:b/img@sha256:{HEX}")),
             ("a:b/img".into(), digest)
         );
-        assert!(ImageRef::parse("img@sha256:1234").is_err());
-        assert!(ImageRef::parse(&format!("img@sha256:{}", HEX.to_uppercase())).is_err());
+        assert!(LayoutRef::parse("img@sha256:1234").is_err());
+        assert!(LayoutRef::parse(&format!("img@sha256:{}", HEX.to_uppercase())).is_err());
     }
 
     #[test]
@@ -175,7 +210,7 @@ mod tests {
         for text in [
             "img:", "img:-x", "img:a..b", "img:a b", "img:é", ":latest", "oci:", "",
         ] {
-            let error = ImageRef::parse(text).unwrap_err();
+            let error = LayoutRef::parse(text).unwrap_err();
             assert!(
                 matches!(error, ImageError::Reference { .. }),
                 "{text}: {error}"
@@ -188,9 +223,21 @@ mod tests {
     }
 
     #[test]
+    fn docker_references_go_to_the_registry() {
+        let parsed = ImageRef::parse("docker://localhost:5000/app:v1").unwrap();
+        assert!(matches!(parsed, ImageRef::Registry(ref r) if r.host == "localhost:5000"));
+        assert_eq!(parsed.to_string(), "docker://localhost:5000/app:v1");
+        assert!(ImageRef::parse("docker://Bad").is_err());
+        assert!(matches!(
+            ImageRef::parse("dir:v1").unwrap(),
+            ImageRef::Layout(_)
+        ));
+    }
+
+    #[test]
     fn displays_like_it_parses() {
         for text in ["img", "dir/img:v1", &format!("img@sha256:{HEX}")] {
-            assert_eq!(ImageRef::parse(text).unwrap().to_string(), text);
+            assert_eq!(LayoutRef::parse(text).unwrap().to_string(), text);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Choosing the manifest an [`ImageRef`] means: an entry of `index.json` by tag, digest or
-//! default, then, through any nested indexes, the entry for the wanted platform.
+//! Choosing the manifest a reference means: in a layout, an entry of `index.json` by tag,
+//! digest or default; then, through any nested indexes, the entry for the wanted platform.
 //!
 //! The platform only chooses between alternatives, as with `docker pull`: an index must offer
 //! the wanted platform, but a manifest that is the only candidate is taken whatever its
@@ -7,25 +7,26 @@
 
 use std::collections::HashSet;
 
-use oci_spec::image::{ANNOTATION_REF_NAME, Descriptor};
+use oci_spec::image::{ANNOTATION_REF_NAME, Descriptor, ImageIndex};
 
-use super::layout::Layout;
 use super::media::{self, Kind};
 use super::platform::Fit;
-use super::{ImageError, ImageRef, Platform, Selector};
+use super::source::Source;
+use super::{ImageError, LayoutRef, Platform, Selector};
 use crate::digest::Digest;
 
 /// How many image indexes deep (below `index.json`) we follow. Real images nest one deep;
 /// content addressing rules out cycles, but not absurd depth.
 const MAX_NESTING: usize = 4;
 
-/// The descriptor of the one image manifest `reference` names for `platform`.
+/// The descriptor of the one image manifest `reference` names for `platform`, in the layout
+/// `source` whose `index.json` is `index`.
 pub(super) fn manifest_descriptor(
-    layout: &Layout,
-    reference: &ImageRef,
+    source: &Source,
+    index: &ImageIndex,
+    reference: &LayoutRef,
     platform: &Platform,
 ) -> Result<Descriptor, ImageError> {
-    let index = layout.index_json()?;
     let entries: Vec<&Descriptor> = index.manifests().iter().collect();
     let within = reference.to_string();
     let chosen = match &reference.selector {
@@ -46,7 +47,7 @@ pub(super) fn manifest_descriptor(
         }
         Selector::Digest(digest) => {
             let mut searched = HashSet::new();
-            find_by_digest(layout, &entries, digest, 0, &mut searched)?.ok_or_else(|| {
+            find_by_digest(source, &entries, digest, 0, &mut searched)?.ok_or_else(|| {
                 ImageError::DigestNotFound {
                     digest: digest.clone(),
                     layout: reference.layout.clone(),
@@ -80,12 +81,12 @@ pub(super) fn manifest_descriptor(
             one_of(distinct, platform, &within)?.clone()
         }
     };
-    follow_indexes(layout, chosen, platform, &within)
+    follow_indexes(source, chosen, platform, &within)
 }
 
 /// Descends through image indexes to the manifest for `platform`.
-fn follow_indexes(
-    layout: &Layout,
+pub(super) fn follow_indexes(
+    source: &Source,
     mut descriptor: Descriptor,
     platform: &Platform,
     within: &str,
@@ -101,7 +102,7 @@ fn follow_indexes(
                 )));
             }
             Some(Kind::Index) => {
-                let (digest, index) = layout.index(&descriptor)?;
+                let (digest, index) = source.index(&descriptor)?;
                 let entries: Vec<&Descriptor> = index.manifests().iter().collect();
                 descriptor =
                     by_platform(entries, platform, &format!("index {digest} of {within}"))?.clone();
@@ -162,7 +163,7 @@ fn by_platform<'a>(
 /// platform's manifest be named by digest although only its multi-platform index is tagged.
 /// `searched` holds the indexes already looked through, so each is read once.
 fn find_by_digest(
-    layout: &Layout,
+    source: &Source,
     entries: &[&Descriptor],
     digest: &Digest,
     nesting: usize,
@@ -182,9 +183,9 @@ fn find_by_digest(
         if !is_index || !searched.insert(entry.digest().to_string()) {
             continue;
         }
-        let (_, index) = layout.index(entry)?;
+        let (_, index) = source.index(entry)?;
         let children: Vec<&Descriptor> = index.manifests().iter().collect();
-        if let Some(found) = find_by_digest(layout, &children, digest, nesting + 1, searched)? {
+        if let Some(found) = find_by_digest(source, &children, digest, nesting + 1, searched)? {
             return Ok(Some(found));
         }
     }

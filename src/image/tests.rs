@@ -98,7 +98,11 @@ impl Fixture {
 
     fn resolve(&self, suffix: &str, platform: &str) -> Result<Image, ImageError> {
         let reference = ImageRef::parse(&format!("{}{suffix}", self.path().display())).unwrap();
-        super::resolve(&reference, &Platform::parse(platform).unwrap())
+        super::resolve(
+            &reference,
+            &Platform::parse(platform).unwrap(),
+            &Default::default(),
+        )
     }
 
     /// The error message, with the temporary path shortened to `LAYOUT`.
@@ -161,7 +165,7 @@ fn resolves_a_single_image() {
         .resolve(&format!("@{}", digest_of(&image)), "linux/amd64")
         .unwrap();
     assert_eq!(by_digest.layers, resolved.layers);
-    assert!(resolved.layout.open_blob(&first.digest).is_ok());
+    assert!(resolved.source.open_blob(first).is_ok());
 }
 
 #[test]

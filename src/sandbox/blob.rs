@@ -15,6 +15,7 @@ use nix::sys::uio::pread;
 
 use super::pass::{Passed, Stream, pass};
 use crate::digest::{Digest, Expected, Hashed, Verifier};
+use crate::image::BlobInput;
 use crate::protocol::Compression;
 use strata_ring::{Announcer, Filler, PageBuf};
 
@@ -45,25 +46,58 @@ enum Input {
 /// A stream read once: its first bytes are kept, as the compression is read from them before
 /// the stream is sent.
 struct Once {
-    input: File,
+    input: Box<dyn Read + Send>,
     head: Vec<u8>,
     /// Bytes of the stream read from `input` so far, the head's included.
     taken: u64,
 }
 
+impl Input {
+    /// `input`, which is a stream if it is not a regular file: its first bytes read already.
+    fn new(input: BlobInput, name: &str) -> Result<Self> {
+        let stream = match input {
+            BlobInput::File(file) => {
+                let metadata = file.metadata().with_context(|| format!("reading {name}"))?;
+                if metadata.is_file() {
+                    return Ok(Input::File(file));
+                }
+                Box::new(file)
+            }
+            BlobInput::Stream(stream) => stream,
+        };
+        let mut once = Once {
+            input: stream,
+            head: Vec::with_capacity(Compression::MAGIC_LEN),
+            taken: 0,
+        };
+        (&mut once.input)
+            .take(Compression::MAGIC_LEN as u64)
+            .read_to_end(&mut once.head)
+            .with_context(|| format!("reading {name}"))?;
+        once.taken = once.head.len() as u64;
+        Ok(Input::Stream(Mutex::new(once)))
+    }
+}
+
 impl Blob {
-    /// A layer's blob, open as `file`, which must have `digest` and `size`, and whose media
+    /// A layer's blob, open as `input`, which must have `digest` and `size`, and whose media
     /// type declares `compression`.
-    pub fn new(file: File, digest: &Digest, size: u64, compression: Compression) -> Self {
-        Blob {
-            input: Input::File(file),
-            name: format!("blob {digest}"),
+    pub fn new(
+        input: BlobInput,
+        digest: &Digest,
+        size: u64,
+        compression: Compression,
+    ) -> Result<Self> {
+        let name = format!("blob {digest}");
+        Ok(Blob {
+            input: Input::new(input, &name)?,
+            name,
             expected: Expected::Descriptor {
                 digest: digest.clone(),
                 size,
             },
             compression,
-        }
+        })
     }
 
     /// An archive read from `input` (a file, or a stream read once), named `name` in messages,
@@ -74,27 +108,8 @@ impl Blob {
         expected: Expected,
         compression: Compression,
     ) -> Result<Self> {
-        let is_file = input
-            .metadata()
-            .with_context(|| format!("reading {name}"))?
-            .is_file();
-        let input = if is_file {
-            Input::File(input)
-        } else {
-            let mut once = Once {
-                input,
-                head: Vec::with_capacity(Compression::MAGIC_LEN),
-                taken: 0,
-            };
-            (&mut once.input)
-                .take(Compression::MAGIC_LEN as u64)
-                .read_to_end(&mut once.head)
-                .with_context(|| format!("reading {name}"))?;
-            once.taken = once.head.len() as u64;
-            Input::Stream(Mutex::new(once))
-        };
         Ok(Blob {
-            input,
+            input: Input::new(BlobInput::File(input), &name)?,
             name,
             expected,
             compression,
@@ -104,12 +119,12 @@ impl Blob {
     /// An empty layer, to try out what the helper can do.
     pub fn empty() -> Result<Self> {
         let file = File::open("/dev/null").context("opening /dev/null")?;
-        Ok(Blob::new(
-            file,
+        Blob::new(
+            BlobInput::File(file),
             &Digest::of_bytes(b""),
             0,
             Compression::None,
-        ))
+        )
     }
 
     /// What is declared of its compression.
