@@ -108,7 +108,7 @@ impl Source {
             Source::Registry { repository, .. } => {
                 match media::kind(descriptor.media_type().as_ref()) {
                     Some(_) => repository.manifest(digest.as_str(), MAX_JSON_SIZE)?.bytes,
-                    None => repository.small_blob(&digest, MAX_JSON_SIZE)?,
+                    None => repository.small_blob(&what, &digest, MAX_JSON_SIZE)?,
                 }
             }
         };

@@ -262,12 +262,17 @@ impl Repository {
         })
     }
 
-    /// A small blob (a config), at most `limit` bytes; the caller checks its digest.
-    pub fn small_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, RegistryError> {
-        let what = format!("blob {digest}");
+    /// A small blob (a config), which is a `what`, at most `limit` bytes; the caller checks
+    /// its digest.
+    pub fn small_blob(
+        &self,
+        what: &str,
+        digest: &Digest,
+        limit: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
         let path = format!("/v2/{}/blobs/{digest}", self.reference.repository);
-        let mut response = self.request(&what, &path, &[])?;
-        self.read_limited(&what, &mut response, limit)
+        let mut response = self.request(what, &path, &[])?;
+        self.read_limited(what, &mut response, limit)
     }
 
     /// Streams the blob `digest`, of `size` bytes; the caller checks it as it reads.

@@ -11,6 +11,10 @@ pub mod fixture;
 #[allow(dead_code)]
 pub mod idmap;
 #[allow(dead_code)]
+pub mod proxy;
+#[allow(dead_code)]
+pub mod registry;
+#[allow(dead_code)]
 pub mod run;
 #[allow(dead_code)]
 pub mod store;
@@ -23,6 +27,10 @@ pub use both::*;
 pub use fixture::*;
 #[allow(unused_imports)]
 pub use idmap::*;
+#[allow(unused_imports)]
+pub use proxy::*;
+#[allow(unused_imports)]
+pub use registry::*;
 #[allow(unused_imports)]
 pub use run::*;
 #[allow(unused_imports)]

@@ -295,6 +295,20 @@ impl TestEnv {
         self.strata(args!["unpack", "--store", store, "--json", image, dest])
     }
 
+    /// `strata unpack --store <env.store()> --json EXTRA… IMAGE DEST`.
+    pub fn unpack_with(
+        &self,
+        extra: &[&str],
+        image: impl AsRef<OsStr>,
+        dest: impl AsRef<OsStr>,
+    ) -> Output {
+        let store = self.store();
+        let mut args: Vec<OsString> = args!["unpack", "--store", store, "--json"].into();
+        args.extend(extra.iter().map(OsString::from));
+        args.extend([image.as_ref().to_owned(), dest.as_ref().to_owned()]);
+        self.strata(args)
+    }
+
     /// Starts `strata ARGS` with stdout and stderr piped, for tests that kill it midway.
     /// `Output::from(child.wait_with_output().unwrap())` collects it.
     pub fn spawn(&self, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Child {

@@ -1,0 +1,545 @@
+//! `strata unpack docker://…` against real registries on loopback: Debian's `docker-registry`
+//! (plain HTTP, TLS with the test's own CA, htpasswd Basic auth), behind a proxy of the tests'
+//! (`common/proxy.rs`) where the test needs Bearer tokens, a log of what was asked, or faults.
+//! Images are pushed by skopeo from OCI layouts, and every pulled tree is compared with the
+//! tree of the same image unpacked from its layout.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+/// Three layers, one per compression, with a hard link, a symlink, a whiteout and an opaque
+/// directory; tagged `v1` in its layout.
+fn sample(env: &TestEnv) -> WrittenImage {
+    let big: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| (i * 7919).to_le_bytes())
+        .collect();
+    Image::new()
+        .layer(
+            Layer::new()
+                .dir("etc", 0o755)
+                .file("etc/os-release", b"ID=sample\n", 0o644)
+                .file("etc/gone", b"x", 0o600)
+                .dir("opt/app", 0o755)
+                .file("opt/app/old", b"old", 0o644)
+                .file("big.bin", &big, 0o644)
+                .hardlink("big.link", "big.bin")
+                .symlink("os-release", "etc/os-release")
+                .compression(Compression::Gzip),
+        )
+        .layer(
+            Layer::new()
+                .whiteout("etc/gone")
+                .file("etc/added", b"zstd layer\n", 0o640)
+                .compression(Compression::Zstd),
+        )
+        .layer(
+            Layer::new()
+                .opaque("opt/app")
+                .file("opt/app/new", b"new", 0o755)
+                .compression(Compression::None),
+        )
+        .tag("v1")
+        .write(&env.path().join("layout"))
+}
+
+/// The tree of `image` unpacked from its layout, the reference every pull is compared with.
+fn layout_tree(env: &TestEnv, image: &WrittenImage) -> Tree {
+    let dest = fresh_dest(env, Mode::NoStore);
+    run_unpack(env, Mode::NoStore, &[], image.path.as_os_str(), &dest).success();
+    Tree::scan(&dest)
+}
+
+fn oci(image: &WrittenImage) -> String {
+    format!("oci:{}:v1", image.path.display())
+}
+
+#[test]
+fn a_pull_gives_the_layouts_tree_in_every_mode() {
+    let Some(registry) = Registry::start(Security::Plain) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "team/app:v1");
+    let expected = layout_tree(&env, &image);
+
+    let [stored, _] =
+        unpack_both_with(&env, &["--tls-verify=false"], registry.image("team/app:v1"));
+    assert_same_tree(("layout", &expected), ("pulled", &stored.tree));
+    assert_eq!(stored.report["manifest"], image.manifest_digest.as_str());
+    assert_eq!(stored.report["chain_id"], image.chain_id().as_str());
+
+    // By digest, as skopeo and podman name it.
+    let by_digest = registry.image(&format!("team/app@{}", image.manifest_digest));
+    let dest = fresh_dest(&env, Mode::NoStore);
+    run_unpack(
+        &env,
+        Mode::NoStore,
+        &["--tls-verify=false"],
+        by_digest.as_ref(),
+        &dest,
+    )
+    .success();
+    assert_same_tree(("layout", &expected), ("by digest", &Tree::scan(&dest)));
+
+    // The store records where the image came from.
+    let listed = env
+        .strata(args!["ls", "--store", env.store()])
+        .success()
+        .stdout
+        .clone();
+    let source = format!("docker://{}/team/app:v1", registry.addr);
+    assert!(
+        listed.contains(&source),
+        "ls does not show {source}: {listed}"
+    );
+    env.strata(args!["rm", "--store", env.store(), source])
+        .success();
+    let listed = env
+        .strata(args!["ls", "--store", env.store()])
+        .success()
+        .stdout
+        .clone();
+    assert!(!listed.contains("team/app"), "{listed}");
+}
+
+#[test]
+fn a_warm_pull_fetches_only_the_manifest_and_config() {
+    let Some(registry) = Registry::start(Security::Plain) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "app:v1");
+    let proxy = Proxy::start(&registry.addr);
+    let pull = |dest: &Path| env.unpack_with(&["--tls-verify=false"], proxy.image("app:v1"), dest);
+
+    pull(&env.dest("rootfs-cold")).success();
+    let cold = proxy.take_log();
+    let layer_gets = |log: &[Logged]| {
+        log.iter()
+            .filter(|r| image.layers.iter().any(|l| r.path.ends_with(&l.digest)))
+            .count()
+    };
+    assert_eq!(layer_gets(&cold), 3, "{cold:#?}");
+
+    let out = pull(&env.dest("rootfs-warm"));
+    let warm = proxy.take_log();
+    let report = out.json();
+    assert!(
+        report["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["cached"] == true)
+    );
+    assert_eq!(layer_gets(&warm), 0, "{warm:#?}");
+    let paths: Vec<&str> = warm.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v2/".to_owned(),
+            "/v2/app/manifests/v1".to_owned(),
+            format!("/v2/app/blobs/{}", image.config_digest),
+        ],
+        "{warm:#?}"
+    );
+}
+
+#[test]
+fn tls_with_the_registrys_ca_or_without_verification() {
+    let Some(registry) = Registry::start(Security::Tls) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "app:v1");
+    let expected = layout_tree(&env, &image);
+    let source = registry.image("app:v1");
+
+    let dest = env.dest("rootfs-untrusted");
+    let line = env.unpack_with(&[], &source, &dest).failure().to_owned();
+    assert_mentions(
+        &line,
+        &[
+            "TLS verification failed",
+            &registry.addr,
+            "--cert-dir",
+            "--tls-verify=false",
+        ],
+    );
+    assert!(!dest.exists());
+
+    let certs = registry.cert_dir(env.path());
+    let cert_dir = format!("--cert-dir={}", certs.display());
+    let dest = env.dest("rootfs-ca");
+    env.unpack_with(&[&cert_dir], &source, &dest).success();
+    assert_same_tree(("layout", &expected), ("with the CA", &Tree::scan(&dest)));
+
+    // The CA where podman looks by default: ~/.config/containers/certs.d/HOST:PORT.
+    let user_certs = env
+        .path()
+        .join(".config/containers/certs.d")
+        .join(&registry.addr);
+    fs::create_dir_all(&user_certs).unwrap();
+    fs::copy(certs.join("ca.crt"), user_certs.join("ca.crt")).unwrap();
+    let dest = env.dest("rootfs-certs-d");
+    env.unpack_with(&[], &source, &dest).success();
+    fs::remove_dir_all(env.path().join(".config")).unwrap();
+
+    let dest = env.dest("rootfs-unverified");
+    env.unpack_with(&["--tls-verify=false"], &source, &dest)
+        .success();
+    assert_same_tree(("layout", &expected), ("unverified", &Tree::scan(&dest)));
+}
+
+#[test]
+fn basic_auth_from_creds_auth_files_and_credential_helpers() {
+    let (user, password) = ("alice", "s3cret:with:colons");
+    let Some(registry) = Registry::start(Security::Htpasswd {
+        user: user.into(),
+        password: password.into(),
+    }) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "app:v1");
+    let source = registry.image("app:v1");
+    let no_tls = "--tls-verify=false";
+
+    let line = env
+        .unpack_with(&[no_tls], &source, env.dest("rootfs-anon"))
+        .failure()
+        .to_owned();
+    assert_mentions(
+        &line,
+        &[
+            "401",
+            "no credentials for",
+            &registry.addr,
+            ".docker/config.json",
+        ],
+    );
+    let line = env
+        .unpack_with(
+            &[no_tls, &format!("--creds={user}:wrong")],
+            &source,
+            env.dest("rootfs-wrong"),
+        )
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &["401", "refused", &registry.addr]);
+
+    env.unpack_with(
+        &[no_tls, &format!("--creds={user}:{password}")],
+        &source,
+        env.dest("rootfs-creds"),
+    )
+    .success();
+
+    let auth = BASE64.encode(format!("{user}:{password}"));
+    let authfile = env.path().join("auth.json");
+    fs::write(
+        &authfile,
+        format!(
+            r#"{{"auths":{{"{}/app":{{"auth":"{auth}"}}}}}}"#,
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let authfile_arg = format!("--authfile={}", authfile.display());
+    env.unpack_with(
+        &[no_tls, &authfile_arg],
+        &source,
+        env.dest("rootfs-authfile"),
+    )
+    .success();
+
+    // $REGISTRY_AUTH_FILE, as podman reads it.
+    let dest = env.dest("rootfs-env");
+    let mut command = env.strata_command(args!["unpack", "--no-store", no_tls, &source, &dest]);
+    command.env("REGISTRY_AUTH_FILE", &authfile);
+    run(&mut command).success();
+
+    // ~/.docker/config.json naming a credential helper for the registry.
+    let bin = env.mkdir("bin");
+    let helper = bin.join("docker-credential-strata-test");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\n[ \"$server\" = \"{}\" ] || {{ echo 'credentials not found'; exit 1; }}\n\
+             echo '{{\"ServerURL\":\"'$server'\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}'\n",
+            registry.addr
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir_all(env.path().join(".docker")).unwrap();
+    fs::write(
+        env.path().join(".docker/config.json"),
+        format!(r#"{{"credHelpers":{{"{}":"strata-test"}}}}"#, registry.addr),
+    )
+    .unwrap();
+    let dest = env.dest("rootfs-helper");
+    let mut command = env.strata_command(args!["unpack", "--no-store", no_tls, &source, &dest]);
+    command.env(
+        "PATH",
+        format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    );
+    run(&mut command).success();
+    let expected = layout_tree(&env, &image);
+    assert_same_tree(
+        ("layout", &expected),
+        ("helper's credentials", &Tree::scan(&dest)),
+    );
+}
+
+#[test]
+fn bearer_tokens_from_the_token_server() {
+    let Some(registry) = Registry::start(Security::Plain) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "app:v1");
+    let proxy = Proxy::start(&registry.addr);
+    let source = proxy.image("app:v1");
+    let no_tls = "--tls-verify=false";
+
+    proxy.bearer(Bearer {
+        user: Some(("bob".into(), "pw".into())),
+    });
+    let line = env
+        .unpack_with(
+            &[no_tls, "--creds=bob:nope"],
+            &source,
+            env.dest("rootfs-wrong"),
+        )
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &["401", "refused", &proxy.addr]);
+    proxy.take_log();
+    env.unpack_with(
+        &[no_tls, "--creds=bob:pw"],
+        &source,
+        env.dest("rootfs-token"),
+    )
+    .success();
+    let log = proxy.take_log();
+    let token_requests: Vec<&Logged> = log
+        .iter()
+        .filter(|r| r.path.starts_with("/token"))
+        .collect();
+    assert!(!token_requests.is_empty(), "{log:#?}");
+    assert!(
+        token_requests[0]
+            .path
+            .contains("scope=repository%3Aapp%3Apull"),
+        "{log:#?}"
+    );
+    assert_eq!(
+        token_requests[0].authorization.as_deref(),
+        Some(&*format!("Basic {}", BASE64.encode("bob:pw")))
+    );
+    assert!(
+        log.iter()
+            .filter(|r| r.is_blob() && r.status == 200)
+            .all(|r| r.authorization.as_deref() == Some("Bearer test-token")),
+        "{log:#?}"
+    );
+
+    // A registry that gives anyone a token: no credentials needed.
+    proxy.bearer(Bearer { user: None });
+    let dest = env.dest("rootfs-anonymous");
+    env.unpack_with(&[no_tls], &source, &dest).success();
+    assert_same_tree(
+        ("layout", &layout_tree(&env, &image)),
+        ("anonymous token", &Tree::scan(&dest)),
+    );
+}
+
+#[test]
+fn network_faults_end_in_the_right_tree_or_a_clear_error() {
+    let Some(registry) = Registry::start(Security::Plain) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "app:v1");
+    let expected = layout_tree(&env, &image);
+    let proxy = Proxy::start(&registry.addr);
+    let source = proxy.image("app:v1");
+    let no_tls = "--tls-verify=false";
+    let big_layer = &image.layers[0].digest;
+
+    // Dropped twice mid-blob: resumed from the byte reached.
+    proxy.fault(
+        big_layer,
+        Fault::Cut {
+            after: 1000,
+            times: 2,
+        },
+    );
+    let dest = env.dest("rootfs-cut");
+    env.unpack_with(&[no_tls], &source, &dest).success();
+    assert_same_tree(("layout", &expected), ("resumed", &Tree::scan(&dest)));
+    let log = proxy.take_log();
+    assert!(
+        log.iter()
+            .any(|r| r.range.as_deref() == Some("bytes=1000-")),
+        "no Range request: {log:#?}"
+    );
+    env.strata(args!["gc", "--store", env.store()]).success();
+    fs::remove_dir_all(env.store()).unwrap();
+
+    // 503 and 429, waited out.
+    proxy.fault(
+        big_layer,
+        Fault::Status {
+            status: 503,
+            times: 2,
+        },
+    );
+    proxy.fault(
+        big_layer,
+        Fault::Status {
+            status: 429,
+            times: 2,
+        },
+    );
+    proxy.fault(
+        &image.config_digest,
+        Fault::Status {
+            status: 502,
+            times: 1,
+        },
+    );
+    let dest = env.dest("rootfs-busy");
+    env.unpack_with(&[no_tls], &source, &dest).success();
+    assert_same_tree(
+        ("layout", &expected),
+        ("after 503 and 429", &Tree::scan(&dest)),
+    );
+    fs::remove_dir_all(env.store()).unwrap();
+
+    // A registry that stays down: one line naming the registry, the layer and the status;
+    // nothing committed, and the same store then pulls the image.
+    proxy.fault(
+        big_layer,
+        Fault::Status {
+            status: 503,
+            times: 1000,
+        },
+    );
+    let dest = env.dest("rootfs-down");
+    let line = env
+        .unpack_with(&[no_tls], &source, &dest)
+        .failure()
+        .to_owned();
+    assert_mentions(
+        &line,
+        &["HTTP 503", &proxy.addr, "app", "layer 1/3", big_layer],
+    );
+    assert!(!dest.exists());
+    assert!(snapshots(&env).is_empty(), "{:?}", snapshots(&env));
+
+    // A connection that breaks off before a byte of the blob, every time: a clear error,
+    // nothing committed. (One that breaks off after some bytes each time is resumed to the
+    // end, as it should be.)
+    drop(proxy);
+    let proxy = Proxy::start(&registry.addr);
+    let source = proxy.image("app:v1");
+    proxy.fault(
+        big_layer,
+        Fault::Cut {
+            after: 0,
+            times: 1000,
+        },
+    );
+    let dest = env.dest("rootfs-broken");
+    let line = env
+        .unpack_with(&[no_tls], &source, &dest)
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &["broke off", &proxy.addr, "layer 1/3", big_layer]);
+    assert!(snapshots(&env).is_empty(), "{:?}", snapshots(&env));
+
+    // Blobs redirected to another host (blob storage): it gets no credentials.
+    let storage = Proxy::start(&registry.addr);
+    let front = Proxy::start(&registry.addr);
+    front.bearer(Bearer {
+        user: Some(("bob".into(), "pw".into())),
+    });
+    front.redirect_blobs(&storage.addr);
+    let dest = env.dest("rootfs-redirected");
+    env.unpack_with(&[no_tls, "--creds=bob:pw"], front.image("app:v1"), &dest)
+        .success();
+    assert_same_tree(("layout", &expected), ("redirected", &Tree::scan(&dest)));
+    let stored = storage.take_log();
+    assert!(
+        stored.iter().filter(|r| r.is_blob()).count() >= 3,
+        "{stored:#?}"
+    );
+    assert!(
+        stored.iter().all(|r| r.authorization.is_none()),
+        "{stored:#?}"
+    );
+}
+
+#[test]
+fn what_is_missing_is_named() {
+    let Some(registry) = Registry::start(Security::Plain) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "app:v1");
+    let no_tls = "--tls-verify=false";
+
+    let line = env
+        .unpack_with(
+            &[no_tls],
+            registry.image("app:nope"),
+            env.dest("rootfs-tag"),
+        )
+        .failure()
+        .to_owned();
+    assert_mentions(
+        &line,
+        &[
+            &registry.addr,
+            "app",
+            "manifest nope",
+            "not found",
+            "MANIFEST_UNKNOWN",
+        ],
+    );
+    let line = env
+        .unpack_with(
+            &[no_tls],
+            registry.image("other:v1"),
+            env.dest("rootfs-repo"),
+        )
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &[&registry.addr, "other", "not found"]);
+
+    let nobody = format!("docker://127.0.0.1:{}/app:v1", free_port());
+    let line = env
+        .unpack_with(&[no_tls], &nobody, env.dest("rootfs-nobody"))
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &["127.0.0.1", "app", "GET /v2/"]);
+}
