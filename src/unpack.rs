@@ -507,13 +507,20 @@ fn describe(image: &Image, index: usize) -> String {
     )
 }
 
-/// `reference` with a layout's path made absolute, as the store records it.
+/// `reference` with a layout's or an archive's path made absolute, as the store records it.
 pub(crate) fn absolute(reference: &ImageRef) -> ImageRef {
+    let absolute = |path: &PathBuf| std::fs::canonicalize(path).unwrap_or(path.clone());
+    let layout = |LayoutRef { layout, selector }: &LayoutRef| LayoutRef {
+        layout: absolute(layout),
+        selector: selector.clone(),
+    };
     match reference {
-        ImageRef::Layout(LayoutRef { layout, selector }) => ImageRef::Layout(LayoutRef {
-            layout: std::fs::canonicalize(layout).unwrap_or(layout.clone()),
-            selector: selector.clone(),
-        }),
+        ImageRef::Layout(reference) => ImageRef::Layout(layout(reference)),
+        ImageRef::OciArchive(reference) => ImageRef::OciArchive(layout(reference)),
+        ImageRef::DockerArchive { path, image } => ImageRef::DockerArchive {
+            path: absolute(path),
+            image: image.clone(),
+        },
         ImageRef::Registry(_) => reference.clone(),
     }
 }

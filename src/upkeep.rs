@@ -88,10 +88,10 @@ pub fn forget(store: &Path, image: &str) -> Result<Vec<ImageRecord>> {
     let by_digest = Digest::parse(image).ok();
     let reference = ImageRef::parse(image).ok();
     let by_reference = reference.as_ref().map(|r| absolute(r).to_string());
-    // A layout is read again; a registry is not asked.
+    // A layout or an archive is read again; a registry is not asked.
     let by_content = reference
         .as_ref()
-        .filter(|r| matches!(r, ImageRef::Layout(_)))
+        .filter(|r| !matches!(r, ImageRef::Registry(_)))
         .and_then(|r| image::resolve(r, &Platform::host(), &PullOptions::default()).ok())
         .map(|resolved| resolved.manifest_digest);
     let doomed: Vec<ImageRecord> = Store::images(store)?

@@ -14,46 +14,8 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-/// Three layers, one per compression, with a hard link, a symlink, a whiteout and an opaque
-/// directory; tagged `v1` in its layout.
 fn sample(env: &TestEnv) -> WrittenImage {
-    let big: Vec<u8> = (0..300_000u32)
-        .flat_map(|i| (i * 7919).to_le_bytes())
-        .collect();
-    Image::new()
-        .layer(
-            Layer::new()
-                .dir("etc", 0o755)
-                .file("etc/os-release", b"ID=sample\n", 0o644)
-                .file("etc/gone", b"x", 0o600)
-                .dir("opt/app", 0o755)
-                .file("opt/app/old", b"old", 0o644)
-                .file("big.bin", &big, 0o644)
-                .hardlink("big.link", "big.bin")
-                .symlink("os-release", "etc/os-release")
-                .compression(Compression::Gzip),
-        )
-        .layer(
-            Layer::new()
-                .whiteout("etc/gone")
-                .file("etc/added", b"zstd layer\n", 0o640)
-                .compression(Compression::Zstd),
-        )
-        .layer(
-            Layer::new()
-                .opaque("opt/app")
-                .file("opt/app/new", b"new", 0o755)
-                .compression(Compression::None),
-        )
-        .tag("v1")
-        .write(&env.path().join("layout"))
-}
-
-/// The tree of `image` unpacked from its layout, the reference every pull is compared with.
-fn layout_tree(env: &TestEnv, image: &WrittenImage) -> Tree {
-    let dest = fresh_dest(env, Mode::NoStore);
-    run_unpack(env, Mode::NoStore, &[], image.path.as_os_str(), &dest).success();
-    Tree::scan(&dest)
+    sample_image(&env.path().join("layout"))
 }
 
 fn oci(image: &WrittenImage) -> String {

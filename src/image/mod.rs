@@ -5,6 +5,8 @@
 //! Layer blobs are not read here: the caller streams each one to the extractor, checking its
 //! size and digest on the way, and verifies the diff ID the extractor reports.
 
+mod docker_archive;
+mod files;
 mod layout;
 mod media;
 mod platform;
@@ -21,6 +23,7 @@ use std::path::PathBuf;
 
 use oci_spec::image::{Descriptor, ImageConfiguration};
 
+pub use self::docker_archive::ArchiveImage;
 pub use self::layout::Layout;
 pub use self::platform::Platform;
 pub use self::reference::{ImageRef, LayoutRef, Selector};
@@ -148,11 +151,20 @@ pub fn resolve(
     pull: &PullOptions,
 ) -> Result<Image, ImageError> {
     let (source, descriptor) = match reference {
-        ImageRef::Layout(reference) => {
-            let layout = Layout::open(&reference.layout)?;
+        ImageRef::Layout(layout_ref) | ImageRef::OciArchive(layout_ref) => {
+            let layout = match reference {
+                ImageRef::OciArchive(_) => Layout::in_archive(&layout_ref.layout)?,
+                _ => Layout::open(&layout_ref.layout)?,
+            };
             let index = layout.index_json()?;
             let source = Source::Layout(layout);
-            let descriptor = select::manifest_descriptor(&source, &index, reference, platform)?;
+            let descriptor = select::manifest_descriptor(&source, &index, layout_ref, platform)?;
+            (source, descriptor)
+        }
+        ImageRef::DockerArchive { path, image } => {
+            let (source, root) = Source::docker_archive(path, image)?;
+            let descriptor =
+                select::follow_indexes(&source, root, platform, &reference.to_string())?;
             (source, descriptor)
         }
         ImageRef::Registry(reference) => {

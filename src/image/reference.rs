@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::ImageError;
+use super::docker_archive::ArchiveImage;
 use crate::digest::Digest;
 use crate::registry::RegistryRef;
 
@@ -13,21 +14,58 @@ use crate::registry::RegistryRef;
 pub enum ImageRef {
     /// In an OCI layout directory.
     Layout(LayoutRef),
+    /// In a tar archive of an OCI layout (`oci-archive:PATH[:TAG]`); `layout` is the archive.
+    OciArchive(LayoutRef),
+    /// In a `docker save` archive (`docker-archive:PATH[:REF]`).
+    DockerArchive {
+        /// The archive.
+        path: PathBuf,
+        /// Which image in it.
+        image: ArchiveImage,
+    },
     /// In a registry.
     Registry(RegistryRef),
 }
 
 impl ImageRef {
-    /// Parses `docker://REFERENCE`, or a layout's `PATH…` (see [`LayoutRef::parse`]).
+    /// Parses `docker://REFERENCE`, `oci-archive:PATH[:TAG]`, `docker-archive:PATH[:REF]`
+    /// (split at the first ':', as skopeo splits them), or a layout's `PATH…` (see
+    /// [`LayoutRef::parse`]).
     pub fn parse(text: &str) -> Result<ImageRef, ImageError> {
-        match text.strip_prefix("docker://") {
-            Some(rest) => RegistryRef::parse(rest)
+        let invalid = |reason: String| ImageError::Reference {
+            text: text.to_owned(),
+            reason,
+        };
+        let archive = |rest: &str| match rest.split_once(':') {
+            Some((path, image)) => (PathBuf::from(path), Some(image.to_owned())),
+            None => (PathBuf::from(rest), None),
+        };
+        if let Some(rest) = text.strip_prefix("docker://") {
+            RegistryRef::parse(rest)
                 .map(ImageRef::Registry)
-                .map_err(|reason| ImageError::Reference {
-                    text: text.to_owned(),
-                    reason,
-                }),
-            None => LayoutRef::parse(text).map(ImageRef::Layout),
+                .map_err(invalid)
+        } else if let Some(rest) = text.strip_prefix("oci-archive:") {
+            let (layout, tag) = archive(rest);
+            let selector = match tag {
+                None => Selector::Default,
+                Some(tag) if is_valid_ref_name(&tag) => Selector::Tag(tag),
+                Some(tag) => return Err(invalid(format!("{tag:?} is not a valid tag"))),
+            };
+            Ok(ImageRef::OciArchive(LayoutRef { layout, selector }))
+        } else if let Some(rest) = text.strip_prefix("docker-archive:") {
+            let (path, image) = archive(rest);
+            let image = match image {
+                None => ArchiveImage::Only,
+                Some(name) => match name.strip_prefix('@') {
+                    Some(index) => ArchiveImage::Index(index.parse().map_err(|_| {
+                        invalid(format!("@{index} is not an image's index (@0, @1, …)"))
+                    })?),
+                    None => ArchiveImage::Named(name),
+                },
+            };
+            Ok(ImageRef::DockerArchive { path, image })
+        } else {
+            LayoutRef::parse(text).map(ImageRef::Layout)
         }
     }
 }
@@ -36,6 +74,10 @@ impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ImageRef::Layout(layout) => layout.fmt(f),
+            ImageRef::OciArchive(archive) => write!(f, "oci-archive:{archive}"),
+            ImageRef::DockerArchive { path, image } => {
+                write!(f, "docker-archive:{}{image}", path.display())
+            }
             ImageRef::Registry(registry) => registry.fmt(f),
         }
     }

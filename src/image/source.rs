@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 
+use super::docker_archive::DockerArchive;
 use super::layout::Layout;
 use super::media::{self, Kind};
 use super::{ImageError, Layer, MAX_JSON_SIZE, describe};
@@ -20,6 +21,8 @@ use crate::registry::{RegistryRef, Repository, Version};
 pub enum Source {
     /// An OCI layout directory.
     Layout(Layout),
+    /// An image of a `docker save` archive.
+    DockerArchive(Arc<DockerArchive>),
     /// A repository on a registry, and the document its reference named (an index or a
     /// manifest), fetched already.
     Registry {
@@ -34,8 +37,49 @@ pub enum Source {
 pub enum BlobInput {
     /// A file, which may be read at any offset.
     File(File),
+    /// Part of a file (a member of an archive), which may be read at any offset.
+    Slice {
+        /// The file.
+        file: File,
+        /// Where the part starts.
+        start: u64,
+        /// How long it is.
+        len: u64,
+    },
     /// A stream, read once in order.
     Stream(Box<dyn Read + Send>),
+}
+
+impl BlobInput {
+    /// Its bytes, in order.
+    pub fn into_reader(self) -> Box<dyn Read + Send> {
+        match self {
+            BlobInput::File(file) => Box::new(file),
+            BlobInput::Slice { file, start, len } => Box::new(SliceReader {
+                file,
+                at: start,
+                end: start + len,
+            }),
+            BlobInput::Stream(stream) => stream,
+        }
+    }
+}
+
+/// Part of a file, read at offsets.
+struct SliceReader {
+    file: File,
+    at: u64,
+    end: u64,
+}
+
+impl Read for SliceReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = usize::try_from(self.end - self.at).unwrap_or(usize::MAX);
+        let len = buf.len().min(left);
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut buf[..len], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 impl Source {
@@ -87,6 +131,18 @@ impl Source {
         Ok((source, descriptor))
     }
 
+    /// The image `image` of the `docker save` archive at `path`; returns the source and the
+    /// descriptor of the manifest made for it.
+    pub(super) fn docker_archive(
+        path: &std::path::Path,
+        image: &super::ArchiveImage,
+    ) -> Result<(Source, Descriptor), ImageError> {
+        let archive = DockerArchive::open(path, image)?;
+        let (digest, bytes) = &archive.manifest;
+        let descriptor = descriptor(DockerArchive::manifest_media_type(), digest, bytes.len());
+        Ok((Source::DockerArchive(Arc::new(archive)), descriptor))
+    }
+
     /// The JSON document `descriptor` names, which is a `what`, checked.
     fn document(
         &self,
@@ -104,6 +160,10 @@ impl Source {
         }
         let bytes = match self {
             Source::Layout(layout) => layout.small_blob(&what, &digest, expected)?,
+            Source::DockerArchive(archive) => archive
+                .document(&digest)
+                .ok_or_else(|| ImageError::Invalid(format!("{what} is not in the archive")))?
+                .to_vec(),
             Source::Registry { root, .. } if root.0 == digest => root.1.clone(),
             Source::Registry { repository, .. } => {
                 match media::kind(descriptor.media_type().as_ref()) {
@@ -166,12 +226,23 @@ impl Source {
     /// Opens `layer`'s blob; its size and digest are the reader's to check.
     pub fn open_blob(&self, layer: &Layer) -> Result<BlobInput, ImageError> {
         match self {
-            Source::Layout(layout) => layout.open_blob(&layer.digest).map(BlobInput::File),
+            Source::Layout(layout) => layout.open_blob(&layer.digest),
+            Source::DockerArchive(archive) => archive.open_layer(&layer.digest),
             Source::Registry { repository, .. } => Ok(BlobInput::Stream(Box::new(
                 repository.blob(&layer.digest, layer.size),
             ))),
         }
     }
+}
+
+/// A descriptor of the document of `media_type` with `digest` and `size`.
+fn descriptor(media_type: &str, digest: &Digest, size: usize) -> Descriptor {
+    Descriptor::new(
+        MediaType::from(media_type),
+        size as u64,
+        oci_spec::image::Digest::try_from(digest.as_str())
+            .expect("a sha256 digest is a valid OCI digest"),
+    )
 }
 
 /// The `mediaType` a document declares of itself, if it parses that far.

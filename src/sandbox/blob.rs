@@ -37,8 +37,13 @@ pub struct Blob {
 
 /// Where a blob's bytes are read.
 enum Input {
-    /// A file, read at offsets: its pages can be spliced, and read again.
-    File(File),
+    /// A file, or the part of it from `start` to `end` (a member of an archive), read at
+    /// offsets: its pages can be spliced, and read again.
+    File {
+        file: File,
+        start: u64,
+        end: Option<u64>,
+    },
     /// A pipe or another stream, read once, in order.
     Stream(Mutex<Once>),
 }
@@ -59,9 +64,20 @@ impl Input {
             BlobInput::File(file) => {
                 let metadata = file.metadata().with_context(|| format!("reading {name}"))?;
                 if metadata.is_file() {
-                    return Ok(Input::File(file));
+                    return Ok(Input::File {
+                        file,
+                        start: 0,
+                        end: None,
+                    });
                 }
                 Box::new(file)
+            }
+            BlobInput::Slice { file, start, len } => {
+                return Ok(Input::File {
+                    file,
+                    start,
+                    end: Some(start + len),
+                });
             }
             BlobInput::Stream(stream) => stream,
         };
@@ -204,15 +220,21 @@ impl Blob {
         }
     }
 
-    /// Reads at `offset`: anywhere in a file; in a stream, in its head or where it was left.
+    /// Reads at `offset`: anywhere in a file (up to the end of its part); in a stream, in its
+    /// head or where it was left.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         let read = match &self.input {
-            Input::File(file) => loop {
-                match pread(file, buf, offset as i64) {
-                    Err(Errno::EINTR) => {}
-                    read => break read.map_err(io::Error::from),
+            Input::File { file, start, end } => {
+                let at = start + offset;
+                let left = end.map_or(buf.len() as u64, |end| end.saturating_sub(at));
+                let len = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                loop {
+                    match pread(file, &mut buf[..len], at as i64) {
+                        Err(Errno::EINTR) => {}
+                        read => break read.map_err(io::Error::from),
+                    }
                 }
-            },
+            }
             Input::Stream(once) => {
                 let mut once = once.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 if let Some(head) = once.head.get(offset as usize..).filter(|h| !h.is_empty()) {
@@ -244,10 +266,13 @@ impl Blob {
     /// downstream, still names what was applied; an archive has nothing else, so the very
     /// bytes hashed are written.
     fn pass_on(&self, offset: u64, bytes: &[u8], pipe: &mut (impl Write + AsFd)) -> io::Result<()> {
-        let (Input::File(file), Expected::Descriptor { .. }) = (&self.input, &self.expected) else {
+        let (Input::File { file, start, .. }, Expected::Descriptor { .. }) =
+            (&self.input, &self.expected)
+        else {
             return pipe.write_all(bytes);
         };
-        let mut from = offset as i64;
+        let first = (start + offset) as i64;
+        let mut from = first;
         let end = from + bytes.len() as i64;
         while from < end {
             let left = (end - from) as usize;
@@ -268,7 +293,7 @@ impl Blob {
             }
         }
         // The file shrank since it was read, or could not be spliced: send what was hashed.
-        let sent = (from - offset as i64) as usize;
+        let sent = (from - first) as usize;
         pipe.write_all(&bytes[sent..])
     }
 }

@@ -198,3 +198,11 @@ pub fn assert_same_tree((a_name, a_tree): (&str, &Tree), (b_name, b_tree): (&str
         "hardlinks differ between the {a_name} and {b_name} trees"
     );
 }
+
+/// The tree of `image` unpacked from its layout (`--no-store`): what an image read any other
+/// way (a registry, an archive) must give.
+pub fn layout_tree(env: &TestEnv, image: &super::fixture::WrittenImage) -> Tree {
+    let dest = fresh_dest(env, Mode::NoStore);
+    run_unpack(env, Mode::NoStore, &[], image.path.as_os_str(), &dest).success();
+    Tree::scan(&dest)
+}

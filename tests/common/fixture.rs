@@ -503,6 +503,48 @@ impl Platform {
     }
 }
 
+/// An image of three layers, one per compression, with a hard link, a symlink, a whiteout and
+/// an opaque directory, written as an OCI layout at `dir`, tagged `v1`: what the tests read
+/// through registries and archives.
+pub fn sample_image(dir: &Path) -> WrittenImage {
+    sample_image_with(dir, Compression::Zstd)
+}
+
+/// [`sample_image`] with its second layer compressed as `second` (Docker's formats have no
+/// zstd).
+pub fn sample_image_with(dir: &Path, second: Compression) -> WrittenImage {
+    let big: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| (i * 7919).to_le_bytes())
+        .collect();
+    Image::new()
+        .layer(
+            Layer::new()
+                .dir("etc", 0o755)
+                .file("etc/os-release", b"ID=sample\n", 0o644)
+                .file("etc/gone", b"x", 0o600)
+                .dir("opt/app", 0o755)
+                .file("opt/app/old", b"old", 0o644)
+                .file("big.bin", &big, 0o644)
+                .hardlink("big.link", "big.bin")
+                .symlink("os-release", "etc/os-release")
+                .compression(Compression::Gzip),
+        )
+        .layer(
+            Layer::new()
+                .whiteout("etc/gone")
+                .file("etc/added", b"second layer\n", 0o640)
+                .compression(second),
+        )
+        .layer(
+            Layer::new()
+                .opaque("opt/app")
+                .file("opt/app/new", b"new", 0o755)
+                .compression(Compression::None),
+        )
+        .tag("v1")
+        .write(dir)
+}
+
 /// One image: a config and manifest over its layers.
 #[derive(Clone, Debug, Default)]
 pub struct Image {
