@@ -36,7 +36,7 @@
 //!     pull: Default::default(), // registries: credentials and TLS as podman finds them
 //! };
 //! let report = strata::unpack(&options, &mut |event| {
-//!     if let Progress::Extracting { index, count, layer } = event {
+//!     if let Progress::Extracting { index, count, layer, .. } = event {
 //!         eprintln!("layer {}/{count}: {}", index + 1, layer.digest);
 //!     }
 //! })?;
@@ -52,6 +52,7 @@ mod dest;
 mod digest;
 mod extract;
 mod image;
+mod meter;
 mod plan;
 mod registry;
 mod sandbox;
@@ -65,6 +66,7 @@ pub use bundle::{BundleOptions, bundle};
 pub use digest::Digest;
 pub use extract::{Archive, ArchiveCompression, ExtractOptions, ExtractReport, extract};
 pub use image::Layer;
+pub use meter::Meter;
 pub use protocol::{Compression, Skipped};
 pub use registry::{AuthOptions, PullOptions};
 pub use sandbox::IdMapMode;

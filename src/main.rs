@@ -1,5 +1,7 @@
 //! The `strata` command line: parse, call the library, print, exit.
 
+mod terminal;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use strata::{
     Archive, ArchiveCompression, AuthOptions, Digest, ExtractOptions, IdMapMode, Options, Progress,
     PullOptions, RootMode, SnapshotterMode, upkeep,
 };
+use terminal::Bars;
 
 #[derive(Parser)]
 #[command(
@@ -138,8 +141,8 @@ struct HowToUnpack {
     #[arg(long, value_enum, default_value_t = SnapshotterArg::Auto)]
     snapshotter: SnapshotterArg,
     /// Layers a store (overlay snapshotter) extracts at once, each into a snapshot of its own,
-    /// DEST then copied from the store [default: one per 4 CPUs; with 1, each layer fills its
-    /// snapshot and DEST in the same pass].
+    /// DEST then copied from the store [default: 3 from a registry, each downloading its blob;
+    /// else one per 4 CPUs; with 1, each layer fills its snapshot and DEST in the same pass].
     #[arg(
         long,
         short = 'j',
@@ -309,9 +312,15 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-/// One layer's pipeline (inflate, hash, create files) keeps two to three CPUs busy; side by
-/// side extraction also copies DEST afterwards, which pays only with CPUs to spare.
-fn default_jobs() -> usize {
+/// How many layers a store extracts at once, unless `--jobs` says. From a registry, three: each
+/// downloads its own blob, which a network makes the slower part. Otherwise one per four CPUs:
+/// one layer's pipeline (inflate, hash, create files) keeps two to three CPUs busy, and side
+/// by side extraction also copies DEST afterwards, which pays only with CPUs to spare.
+fn default_jobs(image: &str) -> usize {
+    const REGISTRY_DOWNLOADS: usize = 3;
+    if image.starts_with("docker://") {
+        return REGISTRY_DOWNLOADS;
+    }
     std::thread::available_parallelism().map_or(1, |cpus| (cpus.get() / 4).max(1))
 }
 
@@ -331,6 +340,7 @@ fn unpack(
     } else {
         Some(args.store.resolve()?)
     };
+    let jobs = args.jobs.map_or_else(|| default_jobs(&image), usize::from);
     let options = Options {
         image,
         dest,
@@ -339,15 +349,19 @@ fn unpack(
         platform: args.platform,
         idmap: args.idmap.into(),
         snapshotter: args.snapshotter.into(),
-        jobs: args.jobs.map_or_else(default_jobs, usize::from),
+        jobs,
         pull: args.pull.into(),
     };
-    let show_progress = !args.quiet && std::io::stderr().is_terminal();
-    let report = run(&options, &mut |event| match event {
-        Progress::Warning(warning) if !args.quiet => eprintln!("strata: warning: {warning}"),
-        event if show_progress => print_progress(&event),
-        _ => {}
-    })?;
+    // Progress only on a terminal; warnings wherever stderr goes, unless --quiet.
+    let bars = (!args.quiet && std::io::stderr().is_terminal()).then(Bars::new);
+    let report = run(&options, &mut |event| match (&bars, event) {
+        (_, Progress::Warning(_)) if args.quiet => {}
+        (Some(bars), event) => bars.show(&event),
+        (None, Progress::Warning(warning)) => eprintln!("strata: warning: {warning}"),
+        (None, _) => {}
+    });
+    drop(bars);
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
@@ -385,35 +399,6 @@ fn extract(args: ExtractArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
-}
-
-fn print_progress(event: &Progress) {
-    match event {
-        Progress::Extracting {
-            index,
-            count,
-            layer,
-        } => {
-            eprintln!(
-                "strata: layer {}/{count} {} extracting",
-                index + 1,
-                layer.digest.short()
-            );
-        }
-        Progress::Cached {
-            index,
-            count,
-            layer,
-        } => {
-            eprintln!(
-                "strata: layer {}/{count} {} cached",
-                index + 1,
-                layer.digest.short()
-            );
-        }
-        Progress::Copying => eprintln!("strata: copying the root filesystem"),
-        Progress::Warning(_) => {}
-    }
 }
 
 fn ls(store: &Path, json: bool) -> Result<()> {

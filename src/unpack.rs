@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::dest::{self, Staging};
 use crate::digest::Digest;
 use crate::image::{self, Image, ImageRef, Layer, LayoutRef, Platform};
+use crate::meter::Meter;
 use crate::plan::{Plan, plan};
 use crate::protocol::NeedsLowers;
 use crate::protocol::{Applied, Onto, Skipped};
@@ -108,7 +109,8 @@ fn is_zero(count: &u64) -> bool {
 
 /// Progress for a caller that wants to show it.
 pub enum Progress<'a> {
-    /// Layer `index` (from 0) of `count` is being extracted.
+    /// Layer `index` (from 0) of `count` is being extracted (side by side with others, with
+    /// [`Options::jobs`]: then each layer of the batch is told at its start).
     Extracting {
         /// Which layer, from 0.
         index: usize,
@@ -116,6 +118,8 @@ pub enum Progress<'a> {
         count: usize,
         /// The layer.
         layer: &'a Layer,
+        /// How much of its blob has been read (downloaded, from a registry), as it goes.
+        meter: Meter,
     },
     /// Layer `index` of `count` is in the store already.
     Cached {
@@ -220,10 +224,12 @@ fn unpack_directly(
     let outcome = (|| {
         next = (count > 0).then(start).transpose()?;
         for (index, (layer, chain_id)) in image.layers.iter().zip(&plan.chain_ids).enumerate() {
+            let meter = Meter::default();
             progress(Progress::Extracting {
                 index,
                 count,
                 layer,
+                meter: meter.clone(),
             });
             let started = next
                 .take()
@@ -232,7 +238,7 @@ fn unpack_directly(
                 .expect("setting up a helper does not panic")
                 .with_context(|| describe(image, index))?;
             next = (index + 1 < count).then(start).transpose()?;
-            let applied = extract(image, index, |blob| started.apply(blob))?;
+            let applied = extract(image, index, &meter, |blob| started.apply(blob))?;
             reports.push(report(
                 layer,
                 chain_id.clone(),
@@ -286,12 +292,14 @@ fn unpack_with_store(
     }
     for index in plan.first_missing..count {
         let layer = &image.layers[index];
+        let meter = Meter::default();
         progress(Progress::Extracting {
             index,
             count,
             layer,
+            meter: meter.clone(),
         });
-        let applied = extract_on_parent(store, image, &plan, index, Some(staging))?;
+        let applied = extract_on_parent(store, image, &plan, index, &meter, Some(staging))?;
         let chain_id = plan.chain_ids[index].clone();
         reports.push(report(layer, chain_id, false, Outcome::Applied(&applied)));
     }
@@ -311,13 +319,14 @@ fn extract_on_parent(
     image: &Image,
     plan: &Plan,
     index: usize,
+    meter: &Meter,
     also_to: Option<&Staging>,
 ) -> Result<Applied> {
     let parent = index.checked_sub(1).map(|below| &plan.chain_ids[below]);
     let active = store
         .prepare(parent)
         .with_context(|| describe(image, index))?;
-    let applied = extract(image, index, |blob| {
+    let applied = extract(image, index, meter, |blob| {
         let also_to = also_to.map(Staging::path);
         store.apply(&active, parent, also_to, blob)
     });
@@ -371,22 +380,33 @@ fn extract_side_by_side(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<LayerReport>> {
     let count = image.layers.len();
+    let meters: Vec<Meter> = (0..count).map(|_| Meter::default()).collect();
+    for (index, layer) in image.layers.iter().enumerate().skip(plan.first_missing) {
+        progress(Progress::Extracting {
+            index,
+            count,
+            layer,
+            meter: meters[index].clone(),
+        });
+    }
     let next = AtomicUsize::new(plan.first_missing);
     let stop = AtomicBool::new(false);
     let (results, finished) = mpsc::channel();
     thread::scope(|scope| {
         for _ in 0..jobs.min(count - plan.first_missing) {
-            let (results, next, stop) = (results.clone(), &next, &stop);
+            let (results, next, stop, meters) = (results.clone(), &next, &stop, &meters);
             scope.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     if index >= count {
                         break;
                     }
+                    let meter = &meters[index];
                     let extracted = if index == plan.first_missing {
-                        extract_on_parent(store, image, plan, index, None).map(Extracted::Committed)
+                        extract_on_parent(store, image, plan, index, meter, None)
+                            .map(Extracted::Committed)
                     } else {
-                        extract_parentless(store, image, index)
+                        extract_parentless(store, image, index, meter)
                     };
                     // The receiver stays until every worker is done.
                     let _ = results.send((index, extracted));
@@ -398,11 +418,6 @@ fn extract_side_by_side(
         let mut reports = Vec::new();
         let outcome = (plan.first_missing..count).try_for_each(|index| {
             let layer = &image.layers[index];
-            progress(Progress::Extracting {
-                index,
-                count,
-                layer,
-            });
             let extracted = loop {
                 if let Some(extracted) = waiting.remove(&index) {
                     break extracted;
@@ -418,9 +433,10 @@ fn extract_side_by_side(
                     (true, applied)
                 }
                 Ok(Extracted::Committed(applied)) => (false, applied),
-                Err(err) if needs_lowers(&err) => {
-                    (false, extract_on_parent(store, image, plan, index, None)?)
-                }
+                Err(err) if needs_lowers(&err) => (
+                    false,
+                    extract_on_parent(store, image, plan, index, &meters[index], None)?,
+                ),
                 Err(err) => return Err(err),
             };
             let chain_id = plan.chain_ids[index].clone();
@@ -459,11 +475,18 @@ enum Extracted {
 
 /// Layer `index` into a new snapshot on top of nothing; fails with [`NeedsLowers`] if it
 /// needs the layers below.
-fn extract_parentless(store: &Store, image: &Image, index: usize) -> Result<Extracted> {
+fn extract_parentless(
+    store: &Store,
+    image: &Image,
+    index: usize,
+    meter: &Meter,
+) -> Result<Extracted> {
     let active = store
         .prepare(None)
         .with_context(|| describe(image, index))?;
-    match extract(image, index, |blob| store.apply_parentless(&active, blob)) {
+    match extract(image, index, meter, |blob| {
+        store.apply_parentless(&active, blob)
+    }) {
         Ok(applied) => Ok(Extracted::Parentless(active, applied)),
         Err(err) => Err(after_cleanup(err, store.remove(active))),
     }
@@ -474,16 +497,18 @@ fn needs_lowers(err: &anyhow::Error) -> bool {
 }
 
 /// Hands layer `index` to `apply` (helpers applying it somewhere), which checks the blob's
-/// digest and size on the way; then checks the diff ID.
+/// digest and size on the way, telling `meter` how far it has read; then checks the diff ID.
 fn extract(
     image: &Image,
     index: usize,
+    meter: &Meter,
     apply: impl FnOnce(&Blob) -> Result<AppliedLayer>,
 ) -> Result<Applied> {
     let layer = &image.layers[index];
     let run = || -> Result<Applied> {
         let input = image.source.open_blob(layer)?;
-        let blob = Blob::new(input, &layer.digest, layer.size, layer.compression)?;
+        let blob =
+            Blob::new(input, &layer.digest, layer.size, layer.compression)?.metered(meter.clone());
         let AppliedLayer {
             diff_id, applied, ..
         } = apply(&blob)?;

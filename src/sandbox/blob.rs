@@ -16,6 +16,7 @@ use nix::sys::uio::pread;
 use super::pass::{Passed, Stream, pass};
 use crate::digest::{Digest, Expected, Hashed, Verifier};
 use crate::image::BlobInput;
+use crate::meter::Meter;
 use crate::protocol::Compression;
 use strata_ring::{Announcer, Filler, PageBuf};
 
@@ -33,6 +34,8 @@ pub struct Blob {
     name: String,
     expected: Expected,
     compression: Compression,
+    /// How far it has been read.
+    meter: Meter,
 }
 
 /// Where a blob's bytes are read.
@@ -113,7 +116,13 @@ impl Blob {
                 size,
             },
             compression,
+            meter: Meter::default(),
         })
+    }
+
+    /// The blob, telling `meter` how far it has been read.
+    pub fn metered(self, meter: Meter) -> Self {
+        Blob { meter, ..self }
     }
 
     /// An archive read from `input` (a file, or a stream read once), named `name` in messages,
@@ -129,6 +138,7 @@ impl Blob {
             name,
             expected,
             compression,
+            meter: Meter::default(),
         })
     }
 
@@ -257,7 +267,9 @@ impl Blob {
                 }
             }
         };
-        read.with_context(|| format!("reading {}", self.name))
+        let read = read.with_context(|| format!("reading {}", self.name))?;
+        self.meter.reached(offset + read as u64);
+        Ok(read)
     }
 
     /// Moves the `bytes` just hashed, found at `offset` in the blob, into the pipe: from a
