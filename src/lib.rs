@@ -3,9 +3,9 @@
 //!
 //! This library is what the `strata` command line drives, and what a build system calls:
 //!
-//! - [`unpack`]: an OCI image layout into a root filesystem, layers cached by chain ID in a
-//!   store (or not, with [`Options::store`] `None`); it tells a [`Progress`] callback how it goes
-//!   and returns a [`Report`].
+//! - [`unpack`]: an OCI image (a registry's, an archive's or a layout's) into a root
+//!   filesystem, layers cached by chain ID in a store (or not, with [`Options::store`] `None`);
+//!   it tells a [`Progress`] callback how it goes and returns a [`Report`].
 //! - [`bundle`]: the same into `DIR/rootfs`, with the OCI runtime's `DIR/config.json` (the
 //!   image's process and user, rootless), for runc or crun.
 //! - [`extract`]: one tar archive (plain, gzip or zstd; a file or stdin) into a new directory,
