@@ -69,6 +69,9 @@ const IMAGE_ROOT_MODE: u32 = 0o755;
 /// What `strata unpack --json` prints.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// Where the image came from, as the store records it: IMAGE with a layout's or an
+    /// archive's path made absolute, a registry reference in full (`docker://HOST/REPO:TAG`).
+    pub source: String,
     /// The image's manifest digest.
     pub manifest: Digest,
     /// The top layer's chain ID (`None` for an image without layers).
@@ -162,6 +165,7 @@ pub(crate) fn unpack_image(
     image: &Image,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Report, Helper)> {
+    let source = absolute(reference).to_string();
     let recorded = || match &options.store {
         Some(store) => Store::recorded_idmap(store),
         None => Ok(None),
@@ -176,7 +180,7 @@ pub(crate) fn unpack_image(
                 let layers =
                     unpack_with_store(&store, helper, image, staging, options.jobs, progress)?;
                 store.record_image(&ImageRecord {
-                    reference: absolute(reference).to_string(),
+                    reference: source.clone(),
                     manifest: image.manifest_digest.clone(),
                     chain_ids: layers.iter().map(|layer| layer.chain_id.clone()).collect(),
                     last_used: now(),
@@ -195,6 +199,7 @@ pub(crate) fn unpack_image(
     };
     let (layers, helper) = dest::build(&options.dest, options.idmap, recorded, progress, fill)?;
     let report = Report {
+        source,
         manifest: image.manifest_digest.clone(),
         chain_id: layers.last().map(|l| l.chain_id.clone()),
         rootfs: options.dest.clone(),

@@ -66,6 +66,7 @@ fn skopeos_archives_give_the_layouts_tree_in_every_mode() {
         let expected = layout_tree(&env, image);
         let [stored, _] = unpack_both(&env, &source);
         assert_same_tree(("layout", &expected), (&source, &stored.tree));
+        assert_eq!(stored.report["source"], source.as_str());
         assert_eq!(
             stored.report["chain_id"],
             image.chain_id().as_str(),

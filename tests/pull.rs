@@ -34,6 +34,8 @@ fn a_pull_gives_the_layouts_tree_in_every_mode() {
 
     let [stored, _] =
         unpack_both_with(&env, &["--tls-verify=false"], registry.image("team/app:v1"));
+    let source = format!("docker://{}/team/app:v1", registry.addr);
+    assert_eq!(stored.report["source"], source.as_str());
     assert_same_tree(("layout", &expected), ("pulled", &stored.tree));
     assert_eq!(stored.report["manifest"], image.manifest_digest.as_str());
     assert_eq!(stored.report["chain_id"], image.chain_id().as_str());
@@ -57,7 +59,6 @@ fn a_pull_gives_the_layouts_tree_in_every_mode() {
         .success()
         .stdout
         .clone();
-    let source = format!("docker://{}/team/app:v1", registry.addr);
     assert!(
         listed.contains(&source),
         "ls does not show {source}: {listed}"
@@ -290,6 +291,7 @@ fn bearer_tokens_from_the_token_server() {
 
     proxy.bearer(Bearer {
         user: Some(("bob".into(), "pw".into())),
+        ..Default::default()
     });
     let line = env
         .unpack_with(
@@ -331,7 +333,7 @@ fn bearer_tokens_from_the_token_server() {
     );
 
     // A registry that gives anyone a token: no credentials needed.
-    proxy.bearer(Bearer { user: None });
+    proxy.bearer(Bearer::default());
     let dest = env.dest("rootfs-anonymous");
     env.unpack_with(&[no_tls], &source, &dest).success();
     assert_same_tree(
@@ -451,6 +453,7 @@ fn network_faults_end_in_the_right_tree_or_a_clear_error() {
     let front = Proxy::start(&registry.addr);
     front.bearer(Bearer {
         user: Some(("bob".into(), "pw".into())),
+        ..Default::default()
     });
     front.redirect_blobs(&storage.addr);
     let dest = env.dest("rootfs-redirected");
@@ -574,4 +577,164 @@ fn progress_shows_on_a_terminal_only() {
     );
     let quiet = on_terminal("--quiet", "rootfs-quiet");
     assert!(!quiet.contains("layer"), "{quiet}");
+}
+
+#[test]
+fn identity_tokens_are_traded_for_access_tokens() {
+    let Some(registry) = Registry::start(Security::Plain) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "app:v1");
+    let proxy = Proxy::start(&registry.addr);
+    proxy.bearer(Bearer {
+        refresh_token: Some("refresh-me".into()),
+        ..Default::default()
+    });
+    let authfile = env.path().join("auth.json");
+    fs::write(
+        &authfile,
+        format!(
+            r#"{{"auths":{{"{}":{{"identitytoken":"refresh-me"}}}}}}"#,
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let authfile = format!("--authfile={}", authfile.display());
+    let dest = env.dest("rootfs-identity");
+    env.unpack_with(
+        &["--tls-verify=false", &authfile],
+        proxy.image("app:v1"),
+        &dest,
+    )
+    .success();
+    assert_same_tree(
+        ("layout", &layout_tree(&env, &image)),
+        ("identity token", &Tree::scan(&dest)),
+    );
+    let log = proxy.take_log();
+    assert!(
+        log.iter()
+            .any(|r| r.method == "POST" && r.path.starts_with("/token") && r.status == 200),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn tampered_content_is_refused_and_nothing_committed() {
+    let Some(registry) = Registry::start(Security::Plain) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "app:v1");
+    let proxy = Proxy::start(&registry.addr);
+    let source = proxy.image("app:v1");
+    let no_tls = "--tls-verify=false";
+    let tamper = Fault::Tamper { at: 500, times: 1 };
+
+    proxy.fault_at("/manifests/v1", tamper.clone());
+    let line = env
+        .unpack_with(&[no_tls], &source, env.dest("rootfs-manifest"))
+        .failure()
+        .to_owned();
+    assert_mentions(
+        &line,
+        &[
+            "manifest v1",
+            "Docker-Content-Digest",
+            &image.manifest_digest,
+            "corrupt",
+        ],
+    );
+
+    proxy.fault(&image.config_digest, tamper.clone());
+    let line = env
+        .unpack_with(&[no_tls], &source, env.dest("rootfs-config"))
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &["config", &image.config_digest, "corrupt"]);
+
+    // Each layer in turn: the layers below it may be committed (they are sound), but not it.
+    let chain_ids = image.chain_ids();
+    for (layer, chain_id) in image.layers.iter().zip(&chain_ids) {
+        proxy.fault(&layer.digest, tamper.clone());
+        let dest = env.dest(&format!("rootfs-{}", &layer.digest[7..19]));
+        let line = env
+            .unpack_with(&[no_tls], &source, &dest)
+            .failure()
+            .to_owned();
+        assert_mentions(&line, &[&layer.digest, "does not match its content"]);
+        assert!(!dest.exists());
+        let committed = snapshots(&env);
+        assert!(
+            !committed.contains(&hex(chain_id).to_owned()),
+            "{committed:?}"
+        );
+    }
+
+    // Nothing was left that the next pull trips on.
+    let dest = env.dest("rootfs-clean");
+    env.unpack_with(&[no_tls], &source, &dest).success();
+    assert_same_tree(
+        ("layout", &layout_tree(&env, &image)),
+        ("after", &Tree::scan(&dest)),
+    );
+}
+
+#[test]
+fn manifest_lists_pick_the_platform() {
+    let Some(registry) = Registry::start(Security::Plain) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let here = format!("linux/{}", host_arch());
+    let there = format!("linux/{}", foreign_arch());
+    let index = ImageIndex::new()
+        .image(
+            Image::new()
+                .platform(&here)
+                .layer(Layer::new().file("arch", b"here", 0o644)),
+        )
+        .image(
+            Image::new()
+                .platform(&there)
+                .layer(Layer::new().file("arch", b"there", 0o644)),
+        )
+        .nested()
+        .tag("v1")
+        .write(&env.path().join("index"));
+    let layout = format!("oci:{}:v1", index.path.display());
+    registry.push_all(&layout, "multi:v1");
+    // The same, converted to a Docker manifest list of Docker schema 2 manifests.
+    registry.push_with(&["--all", "--format", "v2s2"], &layout, "multi:docker");
+    assert_eq!(
+        registry.raw_manifest("multi:docker")["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+
+    for (platform, contents, written) in [
+        (None, "here", &index.images[0]),
+        (Some(&there), "there", &index.images[1]),
+    ] {
+        let mut extra = vec!["--tls-verify=false".to_owned()];
+        extra.extend(platform.map(|p| format!("--platform={p}")));
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let [stored, _] = unpack_both_with(&env, &extra, registry.image("multi:v1"));
+        assert_file(&stored.tree, "arch", contents.as_bytes());
+        assert_eq!(stored.report["manifest"], written.manifest_digest.as_str());
+        let [docker, _] = unpack_both_with(&env, &extra, registry.image("multi:docker"));
+        assert_same_tree(("OCI index", &stored.tree), ("Docker list", &docker.tree));
+        assert_eq!(docker.report["chain_id"], written.chain_id().as_str());
+    }
+    let line = env
+        .unpack_with(
+            &["--tls-verify=false", "--platform=linux/s390x"],
+            registry.image("multi:v1"),
+            env.dest("rootfs-s390x"),
+        )
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &["no image for linux/s390x", &here, &there]);
 }

@@ -524,40 +524,42 @@ impl Repository {
 
     fn network_error(&self, what: &str, error: &ureq::Error) -> RegistryError {
         let place = self.place.clone();
-        match error {
-            ureq::Error::Rustls(_) | ureq::Error::Tls(_) => RegistryError::Tls {
+        if is_tls(error) {
+            return RegistryError::Tls {
                 place,
                 detail: error.to_string(),
-            },
-            // rustls's verification errors come wrapped in an I/O error.
-            ureq::Error::Io(io)
-                if io
-                    .get_ref()
-                    .is_some_and(|inner| inner.is::<rustls::Error>()) =>
-            {
-                RegistryError::Tls {
-                    place,
-                    detail: io.to_string(),
-                }
-            }
-            _ => RegistryError::Network {
-                place,
-                what: what.to_owned(),
-                detail: error.to_string(),
-            },
+            };
         }
+        RegistryError::Network {
+            place,
+            what: what.to_owned(),
+            detail: error.to_string(),
+        }
+    }
+}
+
+/// A TLS failure: a certificate not trusted, or a server that does not speak TLS. (rustls's
+/// errors come wrapped in an I/O error.)
+fn is_tls(error: &ureq::Error) -> bool {
+    match error {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>()),
+        _ => false,
     }
 }
 
 /// Connection errors worth trying again: not a name that does not resolve, nor a TLS failure.
 fn is_transient(error: &ureq::Error) -> bool {
-    matches!(
-        error,
-        ureq::Error::Io(_)
-            | ureq::Error::ConnectionFailed
-            | ureq::Error::Timeout(_)
-            | ureq::Error::Protocol(_)
-    )
+    !is_tls(error)
+        && matches!(
+            error,
+            ureq::Error::Io(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::Timeout(_)
+                | ureq::Error::Protocol(_)
+        )
 }
 
 /// The wait a 429 or 503 asks for in seconds (`Retry-After`), capped.

@@ -37,18 +37,22 @@ pub enum Fault {
     Status { status: u16, times: usize },
     /// Passes the first `after` bytes of the body on, then drops the connection.
     Cut { after: usize, times: usize },
+    /// Passes the answer on with one byte of its body changed, at `at` (or the last).
+    Tamper { at: usize, times: usize },
 }
 
 /// Bearer auth in front of the registry: `/token` gives a token for the right Basic
-/// credentials (or to anyone, if `user` is `None`), and `/v2/` wants the token.
-#[derive(Clone, Debug)]
+/// credentials (or to anyone, if `user` is `None`), or, POSTed, for the right refresh token
+/// (an identity token); `/v2/` wants the token.
+#[derive(Clone, Debug, Default)]
 pub struct Bearer {
     pub user: Option<(String, String)>,
+    pub refresh_token: Option<String>,
 }
 
 #[derive(Default)]
 struct Plan {
-    /// Each fault, and the digest of the blob it hits.
+    /// Each fault, and the end of the paths it hits.
     faults: Vec<(String, Fault)>,
     bearer: Option<Bearer>,
     /// Sends blob requests to this `HOST:PORT` instead (307).
@@ -94,11 +98,13 @@ impl Proxy {
 
     /// Adds a fault for the requests to come for the blob `digest`.
     pub fn fault(&self, digest: &str, fault: Fault) {
-        self.plan
-            .lock()
-            .unwrap()
-            .faults
-            .push((digest.to_owned(), fault));
+        self.fault_at(&format!("/blobs/{digest}"), fault);
+    }
+
+    /// Adds a fault for the requests to come whose path ends with `suffix`.
+    pub fn fault_at(&self, suffix: &str, fault: Fault) {
+        let mut plan = self.plan.lock().unwrap();
+        plan.faults.push((suffix.to_owned(), fault));
     }
 
     /// Puts Bearer auth in front of the registry.
@@ -130,11 +136,12 @@ impl Drop for Proxy {
     }
 }
 
-/// A request's head.
+/// A request: its head, and its body (`Content-Length` bytes).
 struct Head {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
+    body: Vec<u8>,
 }
 
 impl Head {
@@ -162,11 +169,20 @@ fn read_head(reader: &mut impl BufRead) -> std::io::Result<Head> {
             headers.push((key.trim().to_owned(), value.trim().to_owned()));
         }
     }
-    Ok(Head {
+    let mut head = Head {
         method,
         path,
         headers,
-    })
+        body: Vec::new(),
+    };
+    let length: u64 = head
+        .header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    reader
+        .take(length.min(1 << 20))
+        .read_to_end(&mut head.body)?;
+    Ok(head)
 }
 
 fn respond(client: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
@@ -217,6 +233,27 @@ fn answer(
         (plan.bearer.clone(), plan.redirect_blobs.clone(), fault)
     };
     if let Some(bearer) = &bearer {
+        if head.method == "POST" && head.path.starts_with("/token") {
+            // An OAuth2 refresh token traded for an access token: the form is the body.
+            let form = String::from_utf8_lossy(&head.body).into_owned();
+            let wanted = bearer
+                .refresh_token
+                .as_deref()
+                .map(|t| format!("refresh_token={t}"));
+            if wanted.is_none_or(|wanted| !form.split('&').any(|pair| pair == wanted))
+                || !form.contains("grant_type=refresh_token")
+            {
+                respond(
+                    client,
+                    401,
+                    &[],
+                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"bad refresh token"}]}"#,
+                );
+                return Ok(401);
+            }
+            respond(client, 200, &[], br#"{"access_token":"test-token"}"#);
+            return Ok(200);
+        }
         if head.path.starts_with("/token") {
             let wanted = bearer.user.as_ref().map(|(user, password)| {
                 format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
@@ -266,34 +303,34 @@ fn answer(
         respond(client, status, &retry_after, b"");
         return Ok(status);
     }
-    let cut_after = match fault {
-        Some(Fault::Cut { after, .. }) => Some(after),
-        _ => None,
-    };
-    forward(client, head, upstream, cut_after)
+    forward(client, head, upstream, fault)
 }
 
-/// The first fault for the blob at `path` with times left, used once.
+/// The first fault for `path` with times left, used once.
 fn take_fault(faults: &mut [(String, Fault)], path: &str) -> Option<Fault> {
-    let (_, fault) = faults.iter_mut().find(|(digest, fault)| {
-        path.ends_with(&format!("/blobs/{digest}"))
-            && match fault {
-                Fault::Status { times, .. } | Fault::Cut { times, .. } => *times > 0,
-            }
+    let (_, fault) = faults.iter_mut().find(|(suffix, fault)| {
+        let mut fault = fault.clone();
+        path.ends_with(suffix.as_str()) && *times(&mut fault) > 0
     })?;
-    match fault {
-        Fault::Status { times, .. } | Fault::Cut { times, .. } => *times -= 1,
-    }
+    *times(fault) -= 1;
     Some(fault.clone())
 }
 
-/// Passes the request to `upstream` without credentials, and its answer back, cut after
-/// `cut_after` bytes of body if asked.
+fn times(fault: &mut Fault) -> &mut usize {
+    match fault {
+        Fault::Status { times, .. } | Fault::Cut { times, .. } | Fault::Tamper { times, .. } => {
+            times
+        }
+    }
+}
+
+/// Passes the request to `upstream` without credentials, and its answer back, cut or
+/// tampered with if `fault` says.
 fn forward(
     client: &mut TcpStream,
     head: &Head,
     upstream: &str,
-    cut_after: Option<usize>,
+    fault: Option<Fault>,
 ) -> std::io::Result<u16> {
     let mut server = TcpStream::connect(upstream)?;
     let mut request = format!("{} {} HTTP/1.1\r\n", head.method, head.path);
@@ -329,15 +366,23 @@ fn forward(
     // The blank line is in `head_text`; say that the connection closes before it.
     let head_text = head_text.replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1);
     client.write_all(head_text.as_bytes())?;
-    match cut_after {
-        Some(after) => {
+    match fault {
+        Some(Fault::Cut { after, .. }) => {
             let mut part = vec![0; after];
             let n = read_up_to(&mut reader, &mut part)?;
             client.write_all(&part[..n])?;
             client.flush()?;
             client.shutdown(Shutdown::Both)?;
         }
-        None => {
+        Some(Fault::Tamper { at, .. }) => {
+            let mut body = Vec::new();
+            reader.read_to_end(&mut body)?;
+            if let Some(last) = body.len().checked_sub(1) {
+                body[at.min(last)] ^= 0x01;
+            }
+            client.write_all(&body)?;
+        }
+        _ => {
             std::io::copy(&mut reader, client)?;
         }
     }

@@ -115,6 +115,17 @@ impl Registry {
         dir
     }
 
+    /// The manifest (or index, or list) the registry serves for `name`, as skopeo reads it.
+    pub fn raw_manifest(&self, name: &str) -> serde_json::Value {
+        let output = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{}/{name}", self.addr))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "skopeo inspect {name}");
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
     /// `docker://ADDR/NAME` for strata.
     pub fn image(&self, name: &str) -> String {
         format!("docker://{}/{name}", self.addr)
@@ -123,13 +134,20 @@ impl Registry {
     /// Pushes the OCI layout image `source` (skopeo's `oci:PATH[:TAG]`) to `name`
     /// (`REPO:TAG`) with skopeo, as it is: same manifest, same blobs.
     pub fn push(&self, source: &str, name: &str) {
+        self.push_with(&["--preserve-digests"], source, name);
+    }
+
+    /// [`Registry::push`] of an index with every image it lists (`skopeo copy --all`).
+    pub fn push_all(&self, source: &str, name: &str) {
+        self.push_with(&["--all", "--preserve-digests"], source, name);
+    }
+
+    /// Pushes with skopeo's `extra` options (`--format v2s2`: converted to Docker's media
+    /// types; `--preserve-digests`: as it is).
+    pub fn push_with(&self, extra: &[&str], source: &str, name: &str) {
         let mut command = Command::new("skopeo");
-        command.args([
-            "copy",
-            "--quiet",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-        ]);
+        command.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        command.args(extra);
         if let Security::Htpasswd { user, password } = &self.security {
             command.arg(format!("--dest-creds={user}:{password}"));
         }
