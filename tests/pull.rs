@@ -738,3 +738,36 @@ fn manifest_lists_pick_the_platform() {
         .to_owned();
     assert_mentions(&line, &["no image for linux/s390x", &here, &there]);
 }
+
+#[test]
+fn client_certificates_from_the_cert_dir() {
+    let Some(registry) = Registry::start(Security::MutualTls) else {
+        return;
+    };
+    let env = TestEnv::new();
+    let image = sample(&env);
+    registry.push(&oci(&image), "app:v1");
+    let certs = registry.cert_dir(env.path());
+    let cert_dir = format!("--cert-dir={}", certs.display());
+
+    let dest = env.dest("rootfs-client-cert");
+    env.unpack_with(&[&cert_dir], registry.image("app:v1"), &dest)
+        .success();
+    assert_same_tree(
+        ("layout", &layout_tree(&env, &image)),
+        ("client cert", &Tree::scan(&dest)),
+    );
+
+    // Without the client's certificate, the registry ends the handshake.
+    fs::remove_file(certs.join("client.cert")).unwrap();
+    fs::remove_file(certs.join("client.key")).unwrap();
+    let line = env
+        .unpack_with(
+            &[&cert_dir],
+            registry.image("app:v1"),
+            env.dest("rootfs-no-cert"),
+        )
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &[&registry.addr, "TLS"]);
+}

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -16,6 +17,9 @@ pub enum Security {
     Plain,
     /// TLS with a certificate signed by a CA of the test's (in [`Registry::cert_dir`]).
     Tls,
+    /// [`Security::Tls`], and clients must show a certificate the test's CA signed
+    /// (`client.cert` and `client.key` in [`Registry::cert_dir`]).
+    MutualTls,
     /// Plain HTTP, and htpasswd Basic auth for this user and password.
     Htpasswd { user: String, password: String },
 }
@@ -69,13 +73,19 @@ impl Registry {
         );
         match &security {
             Security::Plain => {}
-            Security::Tls => {
+            Security::Tls | Security::MutualTls => {
                 make_certificates(dir.path());
                 config += &format!(
                     "  tls:\n    certificate: {}\n    key: {}\n",
                     dir.path().join("server.crt").display(),
                     dir.path().join("server.key").display()
                 );
+                if security == Security::MutualTls {
+                    config += &format!(
+                        "    clientcas:\n      - {}\n",
+                        dir.path().join("ca.crt").display()
+                    );
+                }
             }
             Security::Htpasswd { user, password } => {
                 let hash = bcrypt::hash(password, 4).unwrap();
@@ -106,12 +116,20 @@ impl Registry {
     }
 
     /// A directory, readable by anyone, laid out as containers' `certs.d/HOST`: the test CA
-    /// as `ca.crt`.
+    /// as `ca.crt`, and for [`Security::MutualTls`], the client's `client.cert` and
+    /// `client.key`.
     pub fn cert_dir(&self, under: &Path) -> PathBuf {
-        assert_eq!(self.security, Security::Tls);
+        assert_ne!(self.security, Security::Plain);
         let dir = under.join("certs");
         fs::create_dir_all(&dir).unwrap();
-        fs::copy(self.dir.path().join("ca.crt"), dir.join("ca.crt")).unwrap();
+        let mut files = vec!["ca.crt"];
+        if self.security == Security::MutualTls {
+            files.extend(["client.cert", "client.key"]);
+        }
+        for file in files {
+            fs::copy(self.dir.path().join(file), dir.join(file)).unwrap();
+            fs::set_permissions(dir.join(file), fs::Permissions::from_mode(0o644)).unwrap();
+        }
         dir
     }
 
@@ -151,7 +169,7 @@ impl Registry {
         if let Security::Htpasswd { user, password } = &self.security {
             command.arg(format!("--dest-creds={user}:{password}"));
         }
-        if self.security == Security::Tls {
+        if matches!(self.security, Security::Tls | Security::MutualTls) {
             command.arg(format!(
                 "--dest-cert-dir={}",
                 self.cert_dir(self.dir.path()).display()
@@ -189,8 +207,9 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
-/// A CA (`ca.crt`), and a server certificate it signed for 127.0.0.1 (`server.crt`,
-/// `server.key`), in `dir`, by openssl.
+/// A CA (`ca.crt`), a server certificate it signed for 127.0.0.1 (`server.crt`,
+/// `server.key`), and a client certificate (`client.cert`, `client.key`), in `dir`, by
+/// openssl.
 fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| {
         let output = Command::new("openssl")
@@ -248,5 +267,35 @@ fn make_certificates(dir: &Path) {
         "san.ext",
         "-out",
         "server.crt",
+    ]);
+    openssl(
+        &[
+            &["req", "-subj", "/CN=strata test client"][..],
+            &ec,
+            &["-keyout", "client.key", "-out", "client.csr"],
+        ]
+        .concat(),
+    );
+    fs::write(
+        dir.join("client.ext"),
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client.cert",
     ]);
 }
