@@ -14,22 +14,38 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-fn sample(env: &TestEnv) -> WrittenImage {
-    sample_image(&env.path().join("layout"))
+/// A registry of `security`, holding the sample image as `name`, with a test env and the
+/// image's layout; `None` without the registry's tools (outside CI).
+fn sample_in(security: Security, name: &str) -> Option<(Registry, TestEnv, WrittenImage)> {
+    let registry = Registry::start(security)?;
+    let env = TestEnv::new();
+    let image = sample_image(&env.path().join("layout"));
+    registry.push(&format!("oci:{}:v1", image.path.display()), name);
+    Some((registry, env, image))
 }
 
-fn oci(image: &WrittenImage) -> String {
-    format!("oci:{}:v1", image.path.display())
+/// `strata unpack EXTRA… SOURCE` into a new DEST named `dest`, which must hold the tree
+/// `image` has unpacked from its layout.
+fn pulls_the_layouts_tree(
+    env: &TestEnv,
+    image: &WrittenImage,
+    extra: &[&str],
+    source: impl AsRef<std::ffi::OsStr>,
+    dest: &str,
+) {
+    let dest = env.dest(dest);
+    env.unpack_with(extra, source, &dest).success();
+    assert_same_tree(
+        ("layout", &layout_tree(env, image)),
+        ("pulled", &Tree::scan(&dest)),
+    );
 }
 
 #[test]
 fn a_pull_gives_the_layouts_tree_in_every_mode() {
-    let Some(registry) = Registry::start(Security::Plain) else {
+    let Some((registry, env, image)) = sample_in(Security::Plain, "team/app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "team/app:v1");
     let expected = layout_tree(&env, &image);
 
     let [stored, _] =
@@ -75,12 +91,9 @@ fn a_pull_gives_the_layouts_tree_in_every_mode() {
 
 #[test]
 fn a_warm_pull_fetches_only_the_manifest_and_config() {
-    let Some(registry) = Registry::start(Security::Plain) else {
+    let Some((registry, env, image)) = sample_in(Security::Plain, "app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
     let proxy = Proxy::start(&registry.addr);
     let pull = |dest: &Path| env.unpack_with(&["--tls-verify=false"], proxy.image("app:v1"), dest);
 
@@ -126,13 +139,9 @@ fn a_warm_pull_fetches_only_the_manifest_and_config() {
 
 #[test]
 fn tls_with_the_registrys_ca_or_without_verification() {
-    let Some(registry) = Registry::start(Security::Tls) else {
+    let Some((registry, env, image)) = sample_in(Security::Tls, "app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
-    let expected = layout_tree(&env, &image);
     let source = registry.image("app:v1");
 
     let dest = env.dest("rootfs-untrusted");
@@ -150,9 +159,7 @@ fn tls_with_the_registrys_ca_or_without_verification() {
 
     let certs = registry.cert_dir(env.path());
     let cert_dir = format!("--cert-dir={}", certs.display());
-    let dest = env.dest("rootfs-ca");
-    env.unpack_with(&[&cert_dir], &source, &dest).success();
-    assert_same_tree(("layout", &expected), ("with the CA", &Tree::scan(&dest)));
+    pulls_the_layouts_tree(&env, &image, &[&cert_dir], &source, "rootfs-ca");
 
     // The CA where podman looks by default: ~/.config/containers/certs.d/HOST:PORT.
     let user_certs = env
@@ -165,24 +172,27 @@ fn tls_with_the_registrys_ca_or_without_verification() {
     env.unpack_with(&[], &source, &dest).success();
     fs::remove_dir_all(env.path().join(".config")).unwrap();
 
-    let dest = env.dest("rootfs-unverified");
-    env.unpack_with(&["--tls-verify=false"], &source, &dest)
-        .success();
-    assert_same_tree(("layout", &expected), ("unverified", &Tree::scan(&dest)));
+    pulls_the_layouts_tree(
+        &env,
+        &image,
+        &["--tls-verify=false"],
+        &source,
+        "rootfs-unverified",
+    );
 }
 
 #[test]
 fn basic_auth_from_creds_auth_files_and_credential_helpers() {
     let (user, password) = ("alice", "s3cret:with:colons");
-    let Some(registry) = Registry::start(Security::Htpasswd {
-        user: user.into(),
-        password: password.into(),
-    }) else {
+    let Some((registry, env, image)) = sample_in(
+        Security::Htpasswd {
+            user: user.into(),
+            password: password.into(),
+        },
+        "app:v1",
+    ) else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
     let source = registry.image("app:v1");
     let no_tls = "--tls-verify=false";
 
@@ -279,12 +289,9 @@ fn basic_auth_from_creds_auth_files_and_credential_helpers() {
 
 #[test]
 fn bearer_tokens_from_the_token_server() {
-    let Some(registry) = Registry::start(Security::Plain) else {
+    let Some((registry, env, image)) = sample_in(Security::Plain, "app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
     let proxy = Proxy::start(&registry.addr);
     let source = proxy.image("app:v1");
     let no_tls = "--tls-verify=false";
@@ -334,23 +341,14 @@ fn bearer_tokens_from_the_token_server() {
 
     // A registry that gives anyone a token: no credentials needed.
     proxy.bearer(Bearer::default());
-    let dest = env.dest("rootfs-anonymous");
-    env.unpack_with(&[no_tls], &source, &dest).success();
-    assert_same_tree(
-        ("layout", &layout_tree(&env, &image)),
-        ("anonymous token", &Tree::scan(&dest)),
-    );
+    pulls_the_layouts_tree(&env, &image, &[no_tls], &source, "rootfs-anonymous");
 }
 
 #[test]
 fn network_faults_end_in_the_right_tree_or_a_clear_error() {
-    let Some(registry) = Registry::start(Security::Plain) else {
+    let Some((registry, env, image)) = sample_in(Security::Plain, "app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
-    let expected = layout_tree(&env, &image);
     let proxy = Proxy::start(&registry.addr);
     let source = proxy.image("app:v1");
     let no_tls = "--tls-verify=false";
@@ -364,9 +362,7 @@ fn network_faults_end_in_the_right_tree_or_a_clear_error() {
             times: 2,
         },
     );
-    let dest = env.dest("rootfs-cut");
-    env.unpack_with(&[no_tls], &source, &dest).success();
-    assert_same_tree(("layout", &expected), ("resumed", &Tree::scan(&dest)));
+    pulls_the_layouts_tree(&env, &image, &[no_tls], &source, "rootfs-cut");
     let log = proxy.take_log();
     assert!(
         log.iter()
@@ -398,16 +394,11 @@ fn network_faults_end_in_the_right_tree_or_a_clear_error() {
             times: 1,
         },
     );
-    let dest = env.dest("rootfs-busy");
-    env.unpack_with(&[no_tls], &source, &dest).success();
-    assert_same_tree(
-        ("layout", &expected),
-        ("after 503 and 429", &Tree::scan(&dest)),
-    );
+    pulls_the_layouts_tree(&env, &image, &[no_tls], &source, "rootfs-busy");
     fs::remove_dir_all(env.store()).unwrap();
 
     // A registry that stays down: one line naming the registry, the layer and the status;
-    // nothing committed, and the same store then pulls the image.
+    // nothing committed.
     proxy.fault(
         big_layer,
         Fault::Status {
@@ -456,10 +447,13 @@ fn network_faults_end_in_the_right_tree_or_a_clear_error() {
         ..Default::default()
     });
     front.redirect_blobs(&storage.addr);
-    let dest = env.dest("rootfs-redirected");
-    env.unpack_with(&[no_tls, "--creds=bob:pw"], front.image("app:v1"), &dest)
-        .success();
-    assert_same_tree(("layout", &expected), ("redirected", &Tree::scan(&dest)));
+    pulls_the_layouts_tree(
+        &env,
+        &image,
+        &[no_tls, "--creds=bob:pw"],
+        front.image("app:v1"),
+        "rootfs-redirected",
+    );
     let stored = storage.take_log();
     assert!(
         stored.iter().filter(|r| r.is_blob()).count() >= 3,
@@ -473,12 +467,9 @@ fn network_faults_end_in_the_right_tree_or_a_clear_error() {
 
 #[test]
 fn what_is_missing_is_named() {
-    let Some(registry) = Registry::start(Security::Plain) else {
+    let Some((registry, env, _)) = sample_in(Security::Plain, "app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
     let no_tls = "--tls-verify=false";
 
     let line = env
@@ -519,12 +510,9 @@ fn what_is_missing_is_named() {
 
 #[test]
 fn progress_shows_on_a_terminal_only() {
-    let Some(registry) = Registry::start(Security::Plain) else {
+    let Some((registry, env, image)) = sample_in(Security::Plain, "app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
     let source = registry.image("app:v1");
     let store = env.store();
 
@@ -581,12 +569,9 @@ fn progress_shows_on_a_terminal_only() {
 
 #[test]
 fn identity_tokens_are_traded_for_access_tokens() {
-    let Some(registry) = Registry::start(Security::Plain) else {
+    let Some((registry, env, image)) = sample_in(Security::Plain, "app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
     let proxy = Proxy::start(&registry.addr);
     proxy.bearer(Bearer {
         refresh_token: Some("refresh-me".into()),
@@ -623,12 +608,9 @@ fn identity_tokens_are_traded_for_access_tokens() {
 
 #[test]
 fn tampered_content_is_refused_and_nothing_committed() {
-    let Some(registry) = Registry::start(Security::Plain) else {
+    let Some((registry, env, image)) = sample_in(Security::Plain, "app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
     let proxy = Proxy::start(&registry.addr);
     let source = proxy.image("app:v1");
     let no_tls = "--tls-verify=false";
@@ -675,12 +657,7 @@ fn tampered_content_is_refused_and_nothing_committed() {
     }
 
     // Nothing was left that the next pull trips on.
-    let dest = env.dest("rootfs-clean");
-    env.unpack_with(&[no_tls], &source, &dest).success();
-    assert_same_tree(
-        ("layout", &layout_tree(&env, &image)),
-        ("after", &Tree::scan(&dest)),
-    );
+    pulls_the_layouts_tree(&env, &image, &[no_tls], &source, "rootfs-clean");
 }
 
 #[test]
@@ -741,21 +718,18 @@ fn manifest_lists_pick_the_platform() {
 
 #[test]
 fn client_certificates_from_the_cert_dir() {
-    let Some(registry) = Registry::start(Security::MutualTls) else {
+    let Some((registry, env, image)) = sample_in(Security::MutualTls, "app:v1") else {
         return;
     };
-    let env = TestEnv::new();
-    let image = sample(&env);
-    registry.push(&oci(&image), "app:v1");
     let certs = registry.cert_dir(env.path());
     let cert_dir = format!("--cert-dir={}", certs.display());
 
-    let dest = env.dest("rootfs-client-cert");
-    env.unpack_with(&[&cert_dir], registry.image("app:v1"), &dest)
-        .success();
-    assert_same_tree(
-        ("layout", &layout_tree(&env, &image)),
-        ("client cert", &Tree::scan(&dest)),
+    pulls_the_layouts_tree(
+        &env,
+        &image,
+        &[&cert_dir],
+        registry.image("app:v1"),
+        "rootfs-client-cert",
     );
 
     // Without the client's certificate, the registry ends the handshake.

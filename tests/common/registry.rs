@@ -223,7 +223,7 @@ fn make_certificates(dir: &Path) {
             String::from_utf8_lossy(&output.stderr)
         );
     };
-    let ec = [
+    let new_key = [
         "-newkey",
         "ec",
         "-pkeyopt",
@@ -233,69 +233,52 @@ fn make_certificates(dir: &Path) {
     openssl(
         &[
             &["req", "-x509", "-days", "2", "-subj", "/CN=strata test CA"][..],
-            &ec,
+            &new_key,
             &["-keyout", "ca.key", "-out", "ca.crt"],
         ]
         .concat(),
     );
-    openssl(
-        &[
-            &["req", "-subj", "/CN=127.0.0.1"][..],
-            &ec,
-            &["-keyout", "server.key", "-out", "server.csr"],
-        ]
-        .concat(),
-    );
-    fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-extfile",
-        "san.ext",
-        "-out",
+    // A key and a certificate the CA signs, with these extensions.
+    let signed = |subject: &str, key: &str, certificate: &str, extensions: &str| {
+        let csr = format!("{certificate}.csr");
+        let extfile = format!("{certificate}.ext");
+        openssl(
+            &[
+                &["req", "-subj", subject][..],
+                &new_key,
+                &["-keyout", key, "-out", &csr],
+            ]
+            .concat(),
+        );
+        fs::write(dir.join(&extfile), extensions).unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            &extfile,
+            "-out",
+            certificate,
+        ]);
+    };
+    signed(
+        "/CN=127.0.0.1",
+        "server.key",
         "server.crt",
-    ]);
-    openssl(
-        &[
-            &["req", "-subj", "/CN=strata test client"][..],
-            &ec,
-            &["-keyout", "client.key", "-out", "client.csr"],
-        ]
-        .concat(),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
     );
-    fs::write(
-        dir.join("client.ext"),
-        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-extfile",
-        "client.ext",
-        "-out",
+    signed(
+        "/CN=strata test client",
+        "client.key",
         "client.cert",
-    ]);
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    );
 }
