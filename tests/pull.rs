@@ -264,27 +264,29 @@ fn basic_auth_from_creds_auth_files_and_credential_helpers() {
     .unwrap();
     fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
     fs::create_dir_all(env.path().join(".docker")).unwrap();
-    fs::write(
-        env.path().join(".docker/config.json"),
-        format!(r#"{{"credHelpers":{{"{}":"strata-test"}}}}"#, registry.addr),
-    )
-    .unwrap();
-    let dest = env.dest("rootfs-helper");
-    let mut command = env.strata_command(args!["unpack", "--no-store", no_tls, &source, &dest]);
-    command.env(
-        "PATH",
-        format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        ),
-    );
-    run(&mut command).success();
+    let with_helper_on_path = |dest: &Path| {
+        let mut command = env.strata_command(args!["unpack", "--no-store", no_tls, &source, dest]);
+        command.env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
+        run(&mut command).success();
+    };
     let expected = layout_tree(&env, &image);
-    assert_same_tree(
-        ("layout", &expected),
-        ("helper's credentials", &Tree::scan(&dest)),
-    );
+    // The helper named for this registry, then the one named for every registry.
+    for config in [
+        format!(r#"{{"credHelpers":{{"{}":"strata-test"}}}}"#, registry.addr),
+        r#"{"credsStore":"strata-test"}"#.to_owned(),
+    ] {
+        fs::write(env.path().join(".docker/config.json"), &config).unwrap();
+        let dest = fresh_dest(&env, Mode::NoStore);
+        with_helper_on_path(&dest);
+        assert_same_tree(("layout", &expected), (&config, &Tree::scan(&dest)));
+    }
 }
 
 #[test]
