@@ -311,3 +311,32 @@ fn a_corrupt_layer_in_an_archive_commits_nothing() {
     }
     assert!(snapshots(&env).is_empty(), "{:?}", snapshots(&env));
 }
+
+#[test]
+fn an_archive_header_claiming_gigabytes_is_refused_in_bounded_memory() {
+    let env = TestEnv::new();
+    // A GNU long name that claims 3 GiB, in a sparse file: read whole, it would take them.
+    let archive = env.path().join("huge-name.tar");
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_size(3 << 30);
+    header.set_path("././@LongLink").unwrap();
+    header.set_cksum();
+    let file = fs::File::create(&archive).unwrap();
+    std::io::Write::write_all(&mut &file, header.as_bytes()).unwrap();
+    file.set_len(512 + (3 << 30) + 1024).unwrap();
+
+    for source in [
+        format!("oci-archive:{}", archive.display()),
+        format!("docker-archive:{}", archive.display()),
+    ] {
+        let out = env.strata(args![
+            "unpack",
+            "--no-store",
+            &source,
+            env.dest(&format!("rootfs-{}", &source[..3]))
+        ]);
+        let line = out.failure();
+        assert_mentions(line, &[&archive.display().to_string(), "GNU long name"]);
+    }
+}

@@ -244,6 +244,41 @@ fn basic_auth_from_creds_auth_files_and_credential_helpers() {
     )
     .success();
 
+    // A file the user names is the only one read: not ~/.docker/config.json, whose
+    // credentials would work.
+    let other = env.path().join("other.json");
+    fs::write(&other, r#"{"auths":{}}"#).unwrap();
+    fs::create_dir_all(env.path().join(".docker")).unwrap();
+    fs::write(
+        env.path().join(".docker/config.json"),
+        fs::read(&authfile).unwrap(),
+    )
+    .unwrap();
+    let other_arg = format!("--authfile={}", other.display());
+    let line = env
+        .unpack_with(&[no_tls, &other_arg], &source, env.dest("rootfs-other"))
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &["no credentials for", &other.display().to_string()]);
+    assert!(!line.contains(".docker"), "{line}");
+    // Without it, ~/.docker/config.json is read. A credsStore helper that is not installed
+    // (left by a Docker Desktop that is gone) has nothing, and is no error: the pull goes on
+    // anonymously, and the registry's 401 says where credentials were looked for.
+    fs::write(
+        env.path().join(".docker/config.json"),
+        format!(
+            r#"{{"credsStore":"gone","auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let line = env
+        .unpack_with(&[no_tls], &source, env.dest("rootfs-gone-helper"))
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &["no credentials for"]);
+    fs::remove_file(env.path().join(".docker/config.json")).unwrap();
+
     // $REGISTRY_AUTH_FILE, as podman reads it.
     let dest = env.dest("rootfs-env");
     let mut command = env.strata_command(args!["unpack", "--no-store", no_tls, &source, &dest]);
@@ -464,6 +499,29 @@ fn network_faults_end_in_the_right_tree_or_a_clear_error() {
     assert!(
         stored.iter().all(|r| r.authorization.is_none()),
         "{stored:#?}"
+    );
+
+    // Blob storage that answers 401 with a challenge of its own: the user's credentials are
+    // not the storage's to have, so neither it nor the token server it names gets them.
+    let hostile = Proxy::start(&registry.addr);
+    hostile.bearer(Bearer {
+        user: Some(("bob".into(), "pw".into())),
+        ..Default::default()
+    });
+    front.redirect_blobs(&hostile.addr);
+    let dest = env.dest("rootfs-hostile");
+    let line = env
+        .unpack_with(&[no_tls, "--creds=bob:pw"], front.image("app:v1"), &dest)
+        .failure()
+        .to_owned();
+    assert_mentions(&line, &["HTTP 401", "redirected to", &hostile.addr]);
+    let asked = hostile.take_log();
+    assert!(!asked.is_empty(), "the blob was not redirected");
+    assert!(
+        asked
+            .iter()
+            .all(|r| r.authorization.is_none() && !r.path.starts_with("/token")),
+        "{asked:#?}"
     );
 }
 

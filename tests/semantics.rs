@@ -1581,8 +1581,11 @@ fn json_report_names_manifest_chain_and_every_layer() {
         )
         .write(&layout(&env, "img"));
     let chain_ids = image.chain_ids();
+    // The source as the store records it: the layout's path, made absolute.
+    let source = std::fs::canonicalize(&image.path).unwrap();
     for u in unpack_both(&env, &image.path) {
         let expected = json!({
+            "source": source,
             "manifest": image.manifest_digest,
             "chain_id": image.chain_id(),
             "rootfs": u.dest,

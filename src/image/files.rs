@@ -1,14 +1,17 @@
 //! Where an image's files are: a directory (an OCI layout), or the members of a tar archive
 //! (`oci-archive:`, `docker-archive:`), read in place, by offset, without extracting them.
 //!
-//! An archive's headers are read once, by the `tar` crate, into an index of its regular
-//! files. Only names are taken from it: no path from the archive is ever opened on the host.
+//! An archive's headers are read once, by `strata-tar` (Go's rules, and extension headers
+//! capped at 1 MiB), into an index of its regular files and links, its data passed over by
+//! seeking. Only names are taken from it: no path from the archive is ever opened on the host.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use strata_tar::Kind;
 
 use super::source::BlobInput;
 use super::{ImageError, MAX_JSON_SIZE};
@@ -66,39 +69,45 @@ impl Archive {
             detail,
         };
         let mut members = HashMap::new();
-        let mut archive = tar::Archive::new(&file);
-        for entry in archive
-            .entries_with_seek()
+        let mut archive = strata_tar::Archive::new(&file);
+        while let Some(header) = archive
+            .next_header()
             .map_err(|error| garbled(error.to_string()))?
         {
-            let entry = entry.map_err(|error| garbled(error.to_string()))?;
             if members.len() == MAX_MEMBERS {
                 return Err(garbled(format!("more than {MAX_MEMBERS} members")));
             }
-            let Some(name) = utf8_name(&entry.path_bytes()) else {
-                continue;
-            };
-            let kind = entry.header().entry_type();
-            let member = if kind.is_file() {
-                Member::File(entry.raw_file_position(), entry.size())
-            } else if kind.is_symlink() || kind.is_hard_link() {
-                let Some(target) = entry.link_name_bytes().as_deref().and_then(utf8_name) else {
-                    continue;
+            let offset = archive
+                .position()
+                .map_err(|error| garbled(error.to_string()))?;
+            if let Some(name) = utf8_name(&header.name) {
+                let member = match header.kind {
+                    // A sparse file's stored data is not its contents: no image has one.
+                    Kind::Regular | Kind::Contiguous if header.sparse.is_none() => {
+                        u64::try_from(header.size)
+                            .ok()
+                            .map(|size| Member::File(offset, size))
+                    }
+                    Kind::Symlink | Kind::Link => {
+                        // A symbolic link's target is relative to its directory; a hard
+                        // link's is a member's name.
+                        let base = match name.rfind('/') {
+                            Some(slash) if header.kind == Kind::Symlink => &name[..slash],
+                            _ => "",
+                        };
+                        utf8_name(&header.link_name)
+                            .and_then(|target| join(base, &target))
+                            .map(Member::Link)
+                    }
+                    _ => None,
                 };
-                // A symbolic link's target is relative to its directory; a hard link's is a
-                // member's name.
-                let base = match name.rfind('/') {
-                    Some(slash) if kind.is_symlink() => &name[..slash],
-                    _ => "",
-                };
-                match join(base, &target) {
-                    Some(target) => Member::Link(target),
-                    None => continue,
+                if let Some(member) = member {
+                    members.insert(name, member);
                 }
-            } else {
-                continue;
-            };
-            members.insert(name, member);
+            }
+            archive
+                .seek_past_data()
+                .map_err(|error| garbled(error.to_string()))?;
         }
         Ok(Arc::new(Archive {
             path: path.to_owned(),

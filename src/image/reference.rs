@@ -1,5 +1,5 @@
-//! The IMAGE argument: an image in a layout directory (`PATH…`, `oci:PATH…`), or in a
-//! registry (`docker://…`).
+//! The IMAGE argument: an image in a layout directory (`PATH…`, `oci:PATH…`), in an archive
+//! (`oci-archive:…`, `docker-archive:…`), or in a registry (`docker://…`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
-//! Where an image's documents and blobs are read: an OCI layout, or a registry. Each JSON
-//! document is read up to [`MAX_JSON_SIZE`] and checked against its descriptor's size and
-//! digest before anything parses it, so the parsers only ever see content a digest vouches
-//! for.
+//! Where an image's documents and blobs are read: an OCI layout (a directory, or an
+//! `oci-archive:` tar), a `docker save` archive, or a registry. Each JSON document is read up
+//! to [`MAX_JSON_SIZE`] and checked against its descriptor's size and digest before anything
+//! parses it, so the parsers only ever see content a digest vouches for.
 
 use std::fs::File;
 use std::io::Read;
@@ -118,12 +118,7 @@ impl Source {
         } else {
             declared_media_type(&fetched.bytes).unwrap_or(fetched.media_type.clone())
         };
-        let descriptor = Descriptor::new(
-            MediaType::from(media_type.as_str()),
-            fetched.bytes.len() as u64,
-            oci_spec::image::Digest::try_from(actual.as_str())
-                .map_err(|error| ImageError::Invalid(format!("digest {actual}: {error}")))?,
-        );
+        let descriptor = descriptor(&media_type, &actual, fetched.bytes.len());
         let source = Source::Registry {
             repository,
             root: (actual, fetched.bytes),

@@ -3,19 +3,19 @@
 //!
 //! Where credentials are looked for, first to last (as containers/image does):
 //! 1. `--creds USER[:PASSWORD]`;
-//! 2. `--authfile`, else `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`
-//!    and `~/.config/containers/auth.json`;
-//! 3. `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+//! 2. `--authfile`, else `$REGISTRY_AUTH_FILE`: that file alone;
+//! 3. otherwise `$XDG_RUNTIME_DIR/containers/auth.json`, `$XDG_CONFIG_HOME/containers/auth.json`
+//!    (`~/.config`), then `$DOCKER_CONFIG/config.json` (`~/.docker/config.json`).
 //!
 //! In each file, a `credHelpers` entry for the host (or `credsStore`, for every host) runs
 //! `docker-credential-NAME get`; otherwise `auths` is searched for the repository, its
-//! parents, then the host.
+//! parents, then the host, each key as written before keys that only normalise to it.
 
 use std::collections::BTreeMap;
 use std::env;
 use std::fmt;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -58,12 +58,22 @@ impl fmt::Debug for Credentials {
 }
 
 /// Where to look for credentials: what the user gave on the command line.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct AuthOptions {
     /// `--creds USER[:PASSWORD]`.
     pub creds: Option<String>,
     /// `--authfile`.
     pub authfile: Option<PathBuf>,
+}
+
+/// The password of `--creds` stays out of logs and panics.
+impl fmt::Debug for AuthOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthOptions")
+            .field("creds", &self.creds.as_ref().map(|_| "…"))
+            .field("authfile", &self.authfile)
+            .finish()
+    }
 }
 
 /// The credentials found for a repository, and where they were looked for (for the message
@@ -104,31 +114,30 @@ impl AuthOptions {
         })
     }
 
-    /// The auth files to read, first to last.
+    /// The auth files to read, first to last: the one the user named, alone; else the
+    /// default ones.
     fn files(&self) -> Vec<PathBuf> {
-        let var = |name| env::var_os(name).filter(|value| !value.is_empty());
-        let home = var("HOME").map(PathBuf::from);
-        let mut files = Vec::new();
-        if let Some(file) = self
-            .authfile
-            .clone()
-            .or_else(|| var("REGISTRY_AUTH_FILE").map(PathBuf::from))
-        {
-            files.push(file);
-        } else {
-            if let Some(runtime) = var("XDG_RUNTIME_DIR") {
-                files.push(Path::new(&runtime).join("containers/auth.json"));
-            }
-            if let Some(home) = &home {
-                files.push(home.join(".config/containers/auth.json"));
-            }
+        let var = |name| {
+            env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(file) = self.authfile.clone().or_else(|| var("REGISTRY_AUTH_FILE")) {
+            return vec![file];
         }
-        match (var("DOCKER_CONFIG"), &home) {
-            (Some(dir), _) => files.push(Path::new(&dir).join("config.json")),
-            (None, Some(home)) => files.push(home.join(".docker/config.json")),
-            (None, None) => {}
-        }
-        files
+        let home = var("HOME");
+        let config_home =
+            var("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config")));
+        let docker_config =
+            var("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker")));
+        [
+            var("XDG_RUNTIME_DIR").map(|dir| dir.join("containers/auth.json")),
+            config_home.map(|dir| dir.join("containers/auth.json")),
+            docker_config.map(|dir| dir.join("config.json")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -170,7 +179,7 @@ fn from_file(
                 })?;
             text
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => {
             return Err(RegistryError::AuthFile {
                 file: file.to_owned(),
@@ -178,19 +187,27 @@ fn from_file(
             });
         }
     };
+    // Not serde's own message, which can quote a value: a secret.
     let parsed: AuthFile =
         serde_json::from_slice(&text).map_err(|error| RegistryError::AuthFile {
             file: file.to_owned(),
-            detail: error.to_string(),
+            detail: format!(
+                "not an auth file (line {}, column {})",
+                error.line(),
+                error.column()
+            ),
         })?;
-    let helper = parsed
+    let named = parsed
         .cred_helpers
         .iter()
         .find(|(key, _)| normalise_key(key) == host)
-        .map(|(_, helper)| helper)
-        .or(parsed.creds_store.as_ref());
-    if let Some(helper) = helper {
-        return run_helper(helper, host);
+        .map(|(_, helper)| helper);
+    if let Some(helper) = named {
+        return run_helper(helper, host, Missing::Fails);
+    }
+    if let Some(helper) = &parsed.creds_store {
+        // Left behind by a Docker Desktop that is gone, often: then it has nothing.
+        return run_helper(helper, host, Missing::HasNothing);
     }
     let Some(entry) = lookup(&parsed.auths, host, repository) else {
         return Ok(None);
@@ -219,19 +236,23 @@ fn from_file(
 }
 
 /// The entry for the repository itself, else its nearest parent, else the host: containers'
-/// rule, which docker's files (keyed by host, or by Docker Hub's old URL) also satisfy.
+/// rule, which docker's files (keyed by host, or by Docker Hub's old URL) also satisfy. At
+/// each scope a key written as the scope wins over one that only normalises to it.
 fn lookup<'a>(
     auths: &'a BTreeMap<String, AuthEntry>,
     host: &str,
     repository: &str,
 ) -> Option<&'a AuthEntry> {
-    let by_key: BTreeMap<String, &AuthEntry> = auths
-        .iter()
-        .map(|(key, entry)| (normalise_key(key), entry))
-        .collect();
     let mut scope = format!("{host}/{repository}");
     loop {
-        if let Some(entry) = by_key.get(&scope) {
+        let exact = auths.get(&scope);
+        let normalised = || {
+            auths
+                .iter()
+                .find(|(key, _)| normalise_key(key) == scope)
+                .map(|(_, entry)| entry)
+        };
+        if let Some(entry) = exact.or_else(normalised) {
             return Some(entry);
         }
         scope.truncate(scope.rfind('/')?);
@@ -266,9 +287,22 @@ struct HelperAnswer {
     secret: String,
 }
 
+/// What a credential helper that is not installed means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// An error: it was named for this registry.
+    Fails,
+    /// No credentials: it was named for every registry (`credsStore`).
+    HasNothing,
+}
+
 /// Asks `docker-credential-NAME` for `host`'s credentials. It says "credentials not found"
 /// when it has none.
-fn run_helper(name: &str, host: &str) -> Result<Option<Credentials>, RegistryError> {
+fn run_helper(
+    name: &str,
+    host: &str,
+    missing: Missing,
+) -> Result<Option<Credentials>, RegistryError> {
     let program = format!("docker-credential-{name}");
     let failed = |detail: String| RegistryError::CredentialHelper {
         program: program.clone(),
@@ -281,13 +315,26 @@ fn run_helper(name: &str, host: &str) -> Result<Option<Credentials>, RegistryErr
     } else {
         host
     };
-    let mut child = Command::new(&program)
+    let spawned = Command::new(&program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .map_err(|error| failed(error.to_string()))?;
+        .spawn();
+    let mut child = match spawned {
+        // Not on PATH (which reads as "permission denied" when PATH has a directory this user
+        // cannot search).
+        Err(error)
+            if missing == Missing::HasNothing
+                && matches!(
+                    error.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+                ) =>
+        {
+            return Ok(None);
+        }
+        spawned => spawned.map_err(|error| failed(error.to_string()))?,
+    };
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading has its answer below.
         let _ = stdin.write_all(server.as_bytes());
@@ -462,6 +509,16 @@ mod tests {
         assert_eq!(user("other.io", "app"), None);
         // A host is matched whole, not as a prefix.
         assert_eq!(user("reg.iox", "app"), None);
+
+        // A key written as the host wins over one that normalises to it, whatever the order.
+        let both: BTreeMap<String, AuthEntry> = [
+            ("docker.io".to_owned(), entry("current")),
+            ("https://index.docker.io/v1/".to_owned(), entry("stale")),
+        ]
+        .into_iter()
+        .collect();
+        let found = lookup(&both, "docker.io", "library/debian").unwrap();
+        assert_eq!(found.auth, Some(BASE64.encode("current:pw")));
     }
 
     #[test]
@@ -497,6 +554,13 @@ mod tests {
         );
         write("{");
         assert!(find().is_err());
+        // serde would quote the value; the secret stays out of the message.
+        write(&format!(
+            r#"{{"auths":{{"reg.io":"{}"}}}}"#,
+            BASE64.encode("u:s3cret")
+        ));
+        let error = find().unwrap_err().to_string();
+        assert!(!error.contains(&BASE64.encode("u:s3cret")), "{error}");
         fs::remove_file(&file).unwrap();
         assert_eq!(find().unwrap(), None);
     }

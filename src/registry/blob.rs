@@ -10,7 +10,7 @@ use std::thread;
 
 use ureq::BodyReader;
 
-use super::{FIRST_BACKOFF, RETRIES, RegistryError, Repository};
+use super::{RETRIES, RegistryError, Repository, Transfer, backoff};
 use crate::digest::Digest;
 
 /// A blob's bytes as the registry sends them, from where the last connection stopped.
@@ -46,7 +46,9 @@ impl BlobStream {
             self.repository.reference.repository, self.digest
         );
         let range = (self.offset > 0).then(|| ("Range", format!("bytes={}-", self.offset)));
-        let response = self.repository.request(&what, &path, range.as_slice())?;
+        let response = self
+            .repository
+            .request(&what, &path, range.as_slice(), Transfer::Blob)?;
         let partial = response.status().as_u16() == 206;
         if partial {
             let starts_at = response
@@ -88,7 +90,7 @@ impl BlobStream {
         if self.failures == RETRIES {
             return false;
         }
-        thread::sleep(FIRST_BACKOFF * 2u32.pow(self.failures));
+        thread::sleep(backoff(self.failures));
         self.failures += 1;
         true
     }

@@ -12,6 +12,7 @@ mod blob;
 mod reference;
 mod tls;
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
@@ -38,6 +39,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// The most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
+/// The longest a request for anything but a layer blob may take, whatever the server does (a
+/// byte a minute would pass the per-read timeout): a manifest, a config, a token.
+const DOCUMENT_DEADLINE: Duration = Duration::from_secs(120);
+/// The longest a read may wait for a byte.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most read of an error's body, or of a token server's answer.
 const MAX_SMALL_BODY: u64 = 64 << 10;
 /// The media types a manifest request accepts: OCI's and Docker's, indexes and manifests, and
@@ -158,6 +164,15 @@ impl fmt::Display for Place {
     }
 }
 
+/// What a request fetches, which says how long it may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transfer {
+    /// A small document: a manifest, a config, a token, a ping.
+    Document,
+    /// A layer blob, of any size.
+    Blob,
+}
+
 /// A manifest or index as the registry served it.
 #[derive(Debug)]
 pub struct Fetched {
@@ -171,7 +186,6 @@ pub struct Fetched {
 
 /// A repository on a registry, connected: where it answers, and how to authenticate there.
 /// Shared by the threads that download its blobs.
-#[derive(Debug)]
 pub struct Repository {
     reference: RegistryRef,
     place: Place,
@@ -181,6 +195,13 @@ pub struct Repository {
     credentials: Found,
     /// The `Authorization` header the registry last accepted, or asked for.
     authorization: Mutex<Option<String>>,
+}
+
+/// Where, without the credentials and the `Authorization` header, which stay out of logs.
+impl fmt::Debug for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Repository({} at {})", self.place, self.base)
+    }
 }
 
 impl Repository {
@@ -202,8 +223,9 @@ impl Repository {
             .max_redirects(0)
             .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
             .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_recv_response(Some(READ_TIMEOUT))
+            .timeout_per_read(Some(READ_TIMEOUT))
+            .timeout_global(Some(DOCUMENT_DEADLINE))
             .build()
             .into();
         let credentials = options.auth.find(&reference.host, &reference.repository)?;
@@ -231,7 +253,15 @@ impl Repository {
     /// first request that needs them).
     fn ping(&self) -> Result<(), RegistryError> {
         let what = "checking it is a registry (GET /v2/)";
-        let response = self.retrying(what, || self.get(&format!("{}/v2/", self.base), &[]))?;
+        let landed = RefCell::default();
+        let response = self.retrying(what, || {
+            self.get(
+                &format!("{}/v2/", self.base),
+                &[],
+                Transfer::Document,
+                &landed,
+            )
+        })?;
         match response.status().as_u16() {
             200 | 401 => Ok(()),
             status => Err(self.status_error(what, status, response)),
@@ -242,7 +272,8 @@ impl Repository {
     pub fn manifest(&self, version: &str, limit: u64) -> Result<Fetched, RegistryError> {
         let what = format!("manifest {version}");
         let path = format!("/v2/{}/manifests/{version}", self.reference.repository);
-        let mut response = self.request(&what, &path, &[("Accept", MANIFEST_TYPES.to_owned())])?;
+        let accept = [("Accept", MANIFEST_TYPES.to_owned())];
+        let mut response = self.request(&what, &path, &accept, Transfer::Document)?;
         let header = |name: &str| {
             response
                 .headers()
@@ -271,7 +302,7 @@ impl Repository {
         limit: u64,
     ) -> Result<Vec<u8>, RegistryError> {
         let path = format!("/v2/{}/blobs/{digest}", self.reference.repository);
-        let mut response = self.request(what, &path, &[])?;
+        let mut response = self.request(what, &path, &[], Transfer::Document)?;
         self.read_limited(what, &mut response, limit)
     }
 
@@ -312,16 +343,29 @@ impl Repository {
         what: &str,
         path: &str,
         headers: &[(&str, String)],
+        transfer: Transfer,
     ) -> Result<Response<Body>, RegistryError> {
         let url = format!("{}{path}", self.base);
         let mut authenticated = false;
+        let landed = RefCell::default();
         loop {
-            let response = self.retrying(what, || self.get(&url, headers))?;
+            let response = self.retrying(what, || self.get(&url, headers, transfer, &landed))?;
             match response.status().as_u16() {
                 200 | 206 => return Ok(response),
+                // Where a redirect led (blob storage) asks for credentials: not the
+                // registry's to give, nor its token server's to receive.
+                401 if !self.is_registry(&landed.borrow()) => {
+                    let what = format!("{what}, redirected to {}", origin(&landed.borrow()));
+                    return Err(self.status_error(&what, 401, response));
+                }
                 401 if !authenticated => {
                     self.authenticate(&response)?;
                     authenticated = true;
+                }
+                // An anonymous token that does not open the repository: it is private, or
+                // not there.
+                401 if self.credentials.credentials == Credentials::Anonymous => {
+                    return Err(self.no_credentials());
                 }
                 401 => {
                     return Err(RegistryError::Refused {
@@ -363,14 +407,20 @@ impl Repository {
                 Err(error) if is_transient(&error) && attempt < RETRIES => None,
                 Err(error) => return Err(self.network_error(what, &error)),
             };
-            thread::sleep(wait.unwrap_or(FIRST_BACKOFF * 2u32.pow(attempt)));
+            thread::sleep(wait.unwrap_or_else(|| backoff(attempt)));
             attempt += 1;
         }
     }
 
     /// GETs `url`, following redirects; the registry's `Authorization` goes only to the
-    /// registry's own origin.
-    fn get(&self, url: &str, headers: &[(&str, String)]) -> Result<Response<Body>, ureq::Error> {
+    /// registry's own origin. `landed` is set to the URL that answered.
+    fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        transfer: Transfer,
+        landed: &RefCell<String>,
+    ) -> Result<Response<Body>, ureq::Error> {
         let mut url = url.to_owned();
         let authorization = self
             .authorization
@@ -379,16 +429,21 @@ impl Repository {
             .clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut request = self.agent.get(&url);
+            if transfer == Transfer::Blob {
+                // As long as it takes, so long as bytes keep coming (the per-read timeout).
+                request = request.config().timeout_global(None).build();
+            }
             for (name, value) in headers {
                 request = request.header(*name, value);
             }
             if let Some(authorization) = &authorization
-                && origin(&url) == origin(&self.base)
+                && self.is_registry(&url)
             {
                 request = request.header("Authorization", authorization);
             }
             let response = request.call()?;
             if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+                *landed.borrow_mut() = url;
                 return Ok(response);
             }
             let location = response
@@ -401,6 +456,12 @@ impl Repository {
         Err(ureq::Error::TooManyRedirects)
     }
 
+    /// Whether `url` is the registry's own: its credentials may go there, and its challenges
+    /// be answered.
+    fn is_registry(&self, url: &str) -> bool {
+        origin(url) == origin(&self.base)
+    }
+
     /// Answers a 401: the credentials as Basic auth, or a token for them from the token
     /// server the challenge names.
     fn authenticate(&self, response: &Response<Body>) -> Result<(), RegistryError> {
@@ -409,11 +470,6 @@ impl Repository {
             .get("www-authenticate")
             .and_then(|value| value.to_str().ok())
             .and_then(Challenge::parse);
-        let no_credentials = || RegistryError::NoCredentials {
-            place: self.place.clone(),
-            host: self.reference.host.clone(),
-            searched: self.credentials.searched.clone(),
-        };
         let authorization = match (challenge, &self.credentials.credentials) {
             (None, _) => {
                 return Err(RegistryError::Protocol {
@@ -424,9 +480,9 @@ impl Repository {
                 });
             }
             (Some(Challenge::Basic), Credentials::Basic { user, password }) => {
-                format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
+                basic(user, password)
             }
-            (Some(Challenge::Basic), _) => return Err(no_credentials()),
+            (Some(Challenge::Basic), _) => return Err(self.no_credentials()),
             (Some(Challenge::Bearer { realm, service }), credentials) => {
                 format!(
                     "Bearer {}",
@@ -466,10 +522,7 @@ impl Repository {
                     .agent
                     .get(realm)
                     .query_pairs(query)
-                    .header(
-                        "Authorization",
-                        format!("Basic {}", BASE64.encode(format!("{user}:{password}"))),
-                    )
+                    .header("Authorization", basic(user, password))
                     .call(),
                 Credentials::Anonymous => self.agent.get(realm).query_pairs(query).call(),
             }
@@ -477,11 +530,7 @@ impl Repository {
         match response.status().as_u16() {
             200 => {}
             401 | 403 if credentials == &Credentials::Anonymous => {
-                return Err(RegistryError::NoCredentials {
-                    place: self.place.clone(),
-                    host: self.reference.host.clone(),
-                    searched: self.credentials.searched.clone(),
-                });
+                return Err(self.no_credentials());
             }
             401 | 403 => {
                 return Err(RegistryError::Refused {
@@ -511,6 +560,15 @@ impl Repository {
                 place: self.place.clone(),
                 detail: format!("{what}: the answer holds no token"),
             })
+    }
+
+    /// The registry wants credentials the user has not given: where they were looked for.
+    fn no_credentials(&self) -> RegistryError {
+        RegistryError::NoCredentials {
+            place: self.place.clone(),
+            host: self.reference.host.clone(),
+            searched: self.credentials.searched.clone(),
+        }
     }
 
     fn status_error(&self, what: &str, status: u16, response: Response<Body>) -> RegistryError {
@@ -548,6 +606,16 @@ fn is_tls(error: &ureq::Error) -> bool {
             .is_some_and(|inner| inner.is::<rustls::Error>()),
         _ => false,
     }
+}
+
+/// The `Authorization` header of Basic auth.
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
+}
+
+/// How long to wait before trying again for the `attempt`th time (from 0).
+fn backoff(attempt: u32) -> Duration {
+    FIRST_BACKOFF * 2u32.pow(attempt)
 }
 
 /// Connection errors worth trying again: not a name that does not resolve, nor a TLS failure.
@@ -602,8 +670,13 @@ fn error_message(mut response: Response<Body>) -> String {
             .join("; "),
         Err(_) => String::new(),
     };
+    // One line, and nothing a terminal would act on.
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    one_line.chars().take(200).collect()
+    one_line
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect()
 }
 
 /// `scheme://host[:port]` of `url`.

@@ -1,7 +1,8 @@
 //! `docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST]`, read as the distribution project's reference
 //! grammar reads it, with Docker's normalisation: a first component is a host only if it has a
-//! '.' or a ':', or is `localhost`; otherwise the image is on Docker Hub, and a one-component
-//! name is in `library/`. No tag means `latest`. Pure, table-tested.
+//! '.' or a ':', or is `localhost`; otherwise the image is on Docker Hub (as it is for
+//! `index.docker.io`), and a one-component name there is in `library/`. No tag means `latest`.
+//! Pure, table-tested.
 
 use std::fmt;
 
@@ -61,6 +62,8 @@ impl RegistryRef {
             ));
         }
         let (host, path) = match name.split_once('/') {
+            // Docker Hub's old name is Docker Hub.
+            Some(("index.docker.io", rest)) => (DOCKER_HUB.to_owned(), rest.to_owned()),
             Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
                 (first.to_owned(), rest.to_owned())
             }
@@ -181,6 +184,12 @@ mod tests {
             ("user/app:v1", "docker.io", "user/app", tag("v1")),
             (
                 "docker.io/debian",
+                "docker.io",
+                "library/debian",
+                tag("latest"),
+            ),
+            (
+                "index.docker.io/debian",
                 "docker.io",
                 "library/debian",
                 tag("latest"),

@@ -2,7 +2,7 @@
 //! applied to the entry they precede, and each entry's data is read, or skipped, through the
 //! reader.
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, Read, Seek, SeekFrom};
 
 use crate::block::{self, BLOCK, Block, Format};
 use crate::error::Error;
@@ -28,6 +28,27 @@ enum State {
     Reading,
     Ended,
     Failed,
+}
+
+/// An archive in a file, indexed rather than read: where each entry's data is, its data
+/// passed over by seeking.
+impl<R: Read + Seek> Archive<R> {
+    /// Where the stream stands: just after [`Archive::next_header`], where the entry's data
+    /// (as stored: a sparse file's map first) starts.
+    pub fn position(&mut self) -> Result<u64, Error> {
+        Ok(self.inner.stream_position()?)
+    }
+
+    /// Passes over the rest of the current entry's data, and its padding, by seeking.
+    pub fn seek_past_data(&mut self) -> Result<(), Error> {
+        let skip = self.data_left + self.padding;
+        let skip = i64::try_from(skip).map_err(|_| Error::Header("an entry too large to skip"))?;
+        self.inner.seek(SeekFrom::Current(skip))?;
+        self.data_left = 0;
+        self.padding = 0;
+        self.mapped_left = None;
+        Ok(())
+    }
 }
 
 impl<R: Read> Archive<R> {
@@ -406,6 +427,51 @@ mod tests {
         let mut data = [0u8; BLOCK];
         data[..5].copy_from_slice(b"abcde");
         [&block[..], &data, &next, &[0; 1024]].concat()
+    }
+
+    #[test]
+    fn an_index_seeks_past_data() {
+        // A file of 600 bytes (two data blocks), a GNU long name, then a file.
+        let file = |name: &[u8], typeflag: u8, size: &[u8; 12]| {
+            let mut block = [0u8; BLOCK];
+            block[..name.len()].copy_from_slice(name);
+            block[block::TYPEFLAG] = typeflag;
+            block[124..136].copy_from_slice(size);
+            block::seal(&mut block);
+            block
+        };
+        let first = file(b"first", b'0', b"00000001130\0");
+        let long = file(b"././@LongLink", b'L', b"00000000006\0");
+        let mut long_data = [0u8; BLOCK];
+        long_data[..6].copy_from_slice(b"second");
+        let second = file(b"short", b'0', b"00000000003\0");
+        let whole = [
+            &first[..],
+            &[1; 600],
+            &[0; 424],
+            &long,
+            &long_data,
+            &second,
+            b"abc",
+            &[0; 509],
+            &[0; 1024],
+        ]
+        .concat();
+        let mut archive = Archive::new(io::Cursor::new(&whole));
+        let mut index = Vec::new();
+        while let Some(header) = archive.next_header().unwrap() {
+            index.push((
+                header.name.clone(),
+                archive.position().unwrap(),
+                header.size,
+            ));
+            archive.seek_past_data().unwrap();
+        }
+        assert_eq!(
+            index,
+            [(b"first".to_vec(), 512, 600), (b"second".to_vec(), 3072, 3)]
+        );
+        assert_eq!(&whole[3072..3075], b"abc");
     }
 
     #[test]
