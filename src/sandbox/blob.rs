@@ -4,7 +4,7 @@
 //! blob is a file; an archive given to `strata extract` may also be a pipe, read once.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 
@@ -64,12 +64,16 @@ impl Input {
     /// `input`, which is a stream if it is not a regular file: its first bytes read already.
     fn new(input: BlobInput, name: &str) -> Result<Self> {
         let stream = match input {
-            BlobInput::File(file) => {
+            BlobInput::File(mut file) => {
                 let metadata = file.metadata().with_context(|| format!("reading {name}"))?;
                 if metadata.is_file() {
+                    // From where it stands, as a read would: stdin may have been read from.
+                    let start = file
+                        .stream_position()
+                        .with_context(|| format!("reading {name}"))?;
                     return Ok(Input::File {
                         file,
-                        start: 0,
+                        start,
                         end: None,
                     });
                 }
