@@ -172,6 +172,17 @@ fn tls_with_the_registrys_ca_or_without_verification() {
     env.unpack_with(&[], &source, &dest).success();
     fs::remove_dir_all(env.path().join(".config")).unwrap();
 
+    // And where the system keeps them, which only root may write: as in CI. The registry's
+    // HOST:PORT directory is the test's own, and whatever the test made is removed after.
+    if running_as_root() {
+        for system_certs in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
+            let made = MadeDir::new(&Path::new(system_certs).join(&registry.addr));
+            fs::copy(certs.join("ca.crt"), made.path.join("ca.crt")).unwrap();
+            let dest = format!("rootfs{}", system_certs.replace('/', "-"));
+            pulls_the_layouts_tree(&env, &image, &[], &source, &dest);
+        }
+    }
+
     pulls_the_layouts_tree(
         &env,
         &image,
@@ -179,6 +190,35 @@ fn tls_with_the_registrys_ca_or_without_verification() {
         &source,
         "rootfs-unverified",
     );
+}
+
+/// A directory made for a test outside its scratch space: removed on drop, with every parent
+/// that had to be made for it.
+struct MadeDir {
+    path: std::path::PathBuf,
+    first_made: std::path::PathBuf,
+}
+
+impl MadeDir {
+    fn new(path: &Path) -> MadeDir {
+        let first_made = path
+            .ancestors()
+            .take_while(|dir| !dir.exists())
+            .last()
+            .expect("the directory is new")
+            .to_owned();
+        fs::create_dir_all(path).unwrap();
+        MadeDir {
+            path: path.to_owned(),
+            first_made,
+        }
+    }
+}
+
+impl Drop for MadeDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.first_made);
+    }
 }
 
 #[test]
