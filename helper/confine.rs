@@ -28,9 +28,9 @@ use strata_protocol::{MAPS_READY, MAPS_WANTED};
 /// The newest Landlock ABI this code was tested against; older kernels get what they support.
 const LANDLOCK_ABI: ABI = ABI::V6;
 
-/// What extraction needs from root in the namespace: owners, modes, writing into read-only
-/// directories, setuid bits and file capabilities. Everything else goes.
-const KEPT_CAPABILITIES: [Capability; 6] = [
+/// What changing a tree needs from root in the namespace: owners, modes, writing into
+/// read-only directories, setuid bits and file capabilities. Everything else goes.
+const WRITING_CAPABILITIES: [Capability; 6] = [
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FOWNER,
@@ -38,6 +38,34 @@ const KEPT_CAPABILITIES: [Capability; 6] = [
     Capability::CAP_SETFCAP,
     Capability::CAP_MKNOD,
 ];
+
+/// What reading a tree needs: files of any owner and mode, as the image's root reads them.
+const READING_CAPABILITIES: [Capability; 1] = [Capability::CAP_DAC_READ_SEARCH];
+
+/// What a job may do to the tree it is pivoted into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Change it: apply a layer, copy a tree into it, clear it.
+    Write,
+    /// Only read it: look up the image's user.
+    Read,
+}
+
+impl Reach {
+    fn capabilities(self) -> &'static [Capability] {
+        match self {
+            Reach::Write => &WRITING_CAPABILITIES,
+            Reach::Read => &READING_CAPABILITIES,
+        }
+    }
+
+    fn access(self) -> landlock::BitFlags<AccessFs> {
+        match self {
+            Reach::Write => AccessFs::from_all(LANDLOCK_ABI),
+            Reach::Read => AccessFs::from_read(LANDLOCK_ABI),
+        }
+    }
+}
 
 const USERNS_HINT: &str = "user namespaces are unavailable; allow unprivileged ones with \
      `sysctl -w user.max_user_namespaces=15000` (and `kernel.unprivileged_userns_clone=1` on \
@@ -195,13 +223,18 @@ pub fn pivot_into(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Landlock, then capabilities, then no_new_privs and the parent-death signal. `readable` are
-/// trees outside the root the helper may read (the snapshot a copy comes from, an overlay's
-/// lower layers), `writable` trees it may change (DEST, filled along with a snapshot; an
-/// overlay's upper directory).
-pub fn lock_down(readable: &[BorrowedFd], writable: &[BorrowedFd], parent: Pid) -> Result<()> {
-    restrict_filesystem(readable, writable)?;
-    drop_capabilities()?;
+/// Landlock, then capabilities, then no_new_privs and the parent-death signal. `root` is what
+/// the job may do to the tree it is pivoted into; `readable` are trees outside the root the
+/// helper may read (the snapshot a copy comes from, an overlay's lower layers), `writable`
+/// trees it may change (DEST, filled along with a snapshot; an overlay's upper directory).
+pub fn lock_down(
+    root: Reach,
+    readable: &[BorrowedFd],
+    writable: &[BorrowedFd],
+    parent: Pid,
+) -> Result<()> {
+    restrict_filesystem(root, readable, writable)?;
+    drop_capabilities(root)?;
     prctl::set_no_new_privs().context("setting no_new_privs")?;
     // Also set by the parent before exec; set again because credential changes may clear it.
     prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
@@ -212,13 +245,17 @@ pub fn lock_down(readable: &[BorrowedFd], writable: &[BorrowedFd], parent: Pid) 
     crate::seccomp::install(crate::seccomp::Wall::Applier)
 }
 
-fn restrict_filesystem(readable: &[BorrowedFd], writable: &[BorrowedFd]) -> Result<()> {
+fn restrict_filesystem(
+    root: Reach,
+    readable: &[BorrowedFd],
+    writable: &[BorrowedFd],
+) -> Result<()> {
     let all = AccessFs::from_all(LANDLOCK_ABI);
     let mut ruleset = Ruleset::default()
         .handle_access(all)?
         .scope(Scope::from_all(LANDLOCK_ABI))?
         .create()?
-        .add_rule(PathBeneath::new(PathFd::new("/")?, all))?;
+        .add_rule(PathBeneath::new(PathFd::new("/")?, root.access()))?;
     for &fd in readable {
         ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::from_read(LANDLOCK_ABI)))?;
     }
@@ -235,8 +272,8 @@ fn restrict_filesystem(readable: &[BorrowedFd], writable: &[BorrowedFd]) -> Resu
     Ok(())
 }
 
-fn drop_capabilities() -> Result<()> {
-    let kept: CapsHashSet = KEPT_CAPABILITIES.into_iter().collect();
+fn drop_capabilities(root: Reach) -> Result<()> {
+    let kept: CapsHashSet = root.capabilities().iter().copied().collect();
     caps::clear(None, CapSet::Bounding).context("clearing the bounding set")?;
     caps::clear(None, CapSet::Ambient).context("clearing ambient capabilities")?;
     caps::clear(None, CapSet::Inheritable).context("clearing inheritable capabilities")?;
@@ -244,4 +281,62 @@ fn drop_capabilities() -> Result<()> {
     caps::set(None, CapSet::Effective, &kept).context("reducing effective capabilities")?;
     caps::set(None, CapSet::Permitted, &kept).context("reducing permitted capabilities")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Landlock's rules, tried from a process of its own (see
+    //! `seccomp::tests::in_own_process`): the whole filesystem stands for the root.
+
+    use std::fs;
+    use std::io::ErrorKind;
+
+    use super::*;
+    use crate::seccomp::tests::in_own_process;
+
+    /// A job that only reads its root can read it, and change nothing in it.
+    fn read_only_child() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("passwd");
+        fs::write(&file, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        prctl::set_no_new_privs().unwrap();
+        restrict_filesystem(Reach::Read, &[], &[]).unwrap();
+
+        assert_eq!(fs::read(&file).unwrap(), b"root:x:0:0::/root:/bin/sh\n");
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+        let refused = |what: &str, result: std::io::Result<()>| {
+            let err = result.expect_err(what);
+            assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{what}: {err}");
+        };
+        refused("writing", fs::write(&file, "root::0:0::/:/bin/sh\n"));
+        refused("creating", fs::write(tmp.path().join("new"), ""));
+        refused("making a directory", fs::create_dir(tmp.path().join("dir")));
+        refused("removing", fs::remove_file(&file));
+        refused("renaming", fs::rename(&file, tmp.path().join("moved")));
+        refused(
+            "linking",
+            std::os::unix::fs::symlink("/", tmp.path().join("link")),
+        );
+    }
+
+    #[test]
+    fn a_job_that_only_reads_its_root_changes_nothing_in_it() {
+        in_own_process(
+            "confine::tests::a_job_that_only_reads_its_root_changes_nothing_in_it",
+            read_only_child,
+        );
+    }
+
+    #[test]
+    fn reading_keeps_only_the_capability_to_read() {
+        assert_eq!(
+            Reach::Read.capabilities(),
+            [Capability::CAP_DAC_READ_SEARCH]
+        );
+        assert!(
+            !Reach::Write
+                .capabilities()
+                .contains(&Capability::CAP_SYS_ADMIN)
+        );
+    }
 }

@@ -122,7 +122,7 @@ fn run_job(request: &Request, results: &mut File, control: File) -> Result<Reply
     let job = Job::open(request)?;
 
     confine::pivot_into(&request.root)?;
-    confine::lock_down(&job.readable(), &job.writable(), parent)?;
+    confine::lock_down(job.reach(), &job.readable(), &job.writable(), parent)?;
     let root = tree::open_dir(Path::new("/")).context("opening the new root")?;
 
     job.run(root.as_fd(), request.idmap.mapped_ids())
@@ -201,6 +201,14 @@ impl Job {
             Op::Clear => Job::Clear,
             Op::LookUpUser { user } => Job::LookUpUser { user: user.clone() },
         })
+    }
+
+    /// What the job may do to the root.
+    fn reach(&self) -> confine::Reach {
+        match self {
+            Job::LookUpUser { .. } => confine::Reach::Read,
+            Job::Apply { .. } | Job::Copy { .. } | Job::Clear => confine::Reach::Write,
+        }
     }
 
     /// What the job reads outside the root.
