@@ -21,6 +21,7 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
+use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::unistd::{Pid, chdir, getgid, getppid, getuid, pivot_root, setgroups};
 use strata_protocol::IdMap;
 use strata_protocol::{MAPS_READY, MAPS_WANTED};
@@ -233,6 +234,9 @@ pub fn lock_down(
     writable: &[BorrowedFd],
     parent: Pid,
 ) -> Result<()> {
+    if root == Reach::Read {
+        make_read_only(Path::new("/"))?;
+    }
     restrict_filesystem(root, readable, writable)?;
     drop_capabilities(root)?;
     prctl::set_no_new_privs().context("setting no_new_privs")?;
@@ -245,11 +249,37 @@ pub fn lock_down(
     crate::seccomp::install(crate::seccomp::Wall::Applier)
 }
 
+/// Remounts the mount at `mount_point` read-only: a file's mode, owner, times and xattrs,
+/// which Landlock does not guard, cannot change either. The flags it has stay, as a user
+/// namespace must keep those it was given (nosuid, nodev, noexec, the atime rule).
+fn make_read_only(mount_point: &Path) -> Result<()> {
+    let has = statvfs(mount_point)
+        .with_context(|| format!("reading the flags of {}", mount_point.display()))?
+        .flags();
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    for (kept, flag) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if has.contains(kept) {
+            flags |= flag;
+        }
+    }
+    let none = None::<&str>;
+    mount(none, mount_point, none, flags, none)
+        .with_context(|| format!("remounting {} read-only", mount_point.display()))
+}
+
+/// Landlock's rules; what the kernel made of them.
 fn restrict_filesystem(
     root: Reach,
     readable: &[BorrowedFd],
     writable: &[BorrowedFd],
-) -> Result<()> {
+) -> Result<RulesetStatus> {
     let all = AccessFs::from_all(LANDLOCK_ABI);
     let mut ruleset = Ruleset::default()
         .handle_access(all)?
@@ -269,7 +299,7 @@ fn restrict_filesystem(
     if status.ruleset == RulesetStatus::NotEnforced {
         eprintln!("strata-helper: Landlock is not available; continuing without it");
     }
-    Ok(())
+    Ok(status.ruleset)
 }
 
 fn drop_capabilities(root: Reach) -> Result<()> {
@@ -285,44 +315,105 @@ fn drop_capabilities(root: Reach) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    //! Landlock's rules, tried from a process of its own (see
-    //! `seccomp::tests::in_own_process`): the whole filesystem stands for the root.
+    //! The walls of a read-only job, tried from a process of its own (see
+    //! `seccomp::tests::in_own_process_with_scratch`), in namespaces of its own.
 
     use std::fs;
     use std::io::ErrorKind;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     use super::*;
-    use crate::seccomp::tests::in_own_process;
+    use crate::seccomp::tests::in_own_process_with_scratch;
 
-    /// A job that only reads its root can read it, and change nothing in it.
-    fn read_only_child() {
-        let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("passwd");
-        fs::write(&file, "root:x:0:0::/root:/bin/sh\n").unwrap();
+    const PASSWD: &[u8] = b"root:x:0:0::/root:/bin/sh\n";
+
+    /// `scratch/mounted` is remounted read-only, `scratch/landlocked` is left to Landlock.
+    /// Both are open to anyone, so that only the walls refuse: the child's user namespace
+    /// maps no id, so being an owner gives it nothing.
+    fn fill(scratch: &Path) {
+        for dir in ["mounted", "landlocked"] {
+            let dir = scratch.join(dir);
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join("passwd"), PASSWD).unwrap();
+            fs::set_permissions(dir.join("passwd"), fs::Permissions::from_mode(0o666)).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        fs::set_permissions(scratch, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn refused(what: &str, result: std::io::Result<()>, kind: ErrorKind) {
+        let err = result.expect_err(what);
+        assert_eq!(err.kind(), kind, "{what}: {err}");
+    }
+
+    /// Runs `body` in a fork of this process: single-threaded, as a user namespace needs
+    /// (the test harness runs each test on a thread of its own).
+    fn in_fork(body: impl FnOnce()) {
+        // SAFETY: the test harness's other thread only waits for this one; the fork runs
+        // `body` and exits without returning.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let passed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_ok();
+                // SAFETY: ends the fork at once, as a fork should.
+                unsafe { libc::_exit(if passed { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+
+    fn read_only_child(scratch: &Path) {
+        in_fork(|| read_only_walls(scratch));
+    }
+
+    fn read_only_walls(scratch: &Path) {
+        unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).unwrap();
+        make_mounts_private().unwrap();
+        let mounted = scratch.join("mounted");
+        let none = None::<&str>;
+        mount(Some(&mounted), &mounted, none, MsFlags::MS_BIND, none).unwrap();
+        make_read_only(&mounted).unwrap();
+        let file = mounted.join("passwd");
+        assert_eq!(fs::read(&file).unwrap(), PASSWD);
+        // What Landlock does not guard, the mount does.
+        let read_only = ErrorKind::ReadOnlyFilesystem;
+        let mode = fs::Permissions::from_mode(0o600);
+        refused("chmod", fs::set_permissions(&file, mode), read_only);
+        let epoch = fs::FileTimes::new().set_modified(std::time::SystemTime::UNIX_EPOCH);
+        let set_times = fs::File::open(&file).unwrap().set_times(epoch);
+        refused("setting times", set_times, read_only);
+        refused("writing", fs::write(&file, "x"), read_only);
+
         prctl::set_no_new_privs().unwrap();
-        restrict_filesystem(Reach::Read, &[], &[]).unwrap();
-
-        assert_eq!(fs::read(&file).unwrap(), b"root:x:0:0::/root:/bin/sh\n");
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
-        let refused = |what: &str, result: std::io::Result<()>| {
-            let err = result.expect_err(what);
-            assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{what}: {err}");
-        };
-        refused("writing", fs::write(&file, "root::0:0::/:/bin/sh\n"));
-        refused("creating", fs::write(tmp.path().join("new"), ""));
-        refused("making a directory", fs::create_dir(tmp.path().join("dir")));
-        refused("removing", fs::remove_file(&file));
-        refused("renaming", fs::rename(&file, tmp.path().join("moved")));
+        let enforced = restrict_filesystem(Reach::Read, &[], &[]).unwrap();
+        if enforced == RulesetStatus::NotEnforced {
+            eprintln!("note: no Landlock in this kernel; its part of the test is skipped");
+            return;
+        }
+        let dir = scratch.join("landlocked");
+        let file = dir.join("passwd");
+        assert_eq!(fs::read(&file).unwrap(), PASSWD);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        let denied = ErrorKind::PermissionDenied;
+        refused("writing", fs::write(&file, "x"), denied);
+        refused("creating", fs::write(dir.join("new"), ""), denied);
         refused(
-            "linking",
-            std::os::unix::fs::symlink("/", tmp.path().join("link")),
+            "making a directory",
+            fs::create_dir(dir.join("dir")),
+            denied,
         );
+        refused("removing", fs::remove_file(&file), denied);
+        refused("renaming", fs::rename(&file, dir.join("moved")), denied);
+        refused("linking", symlink("/", dir.join("link")), denied);
     }
 
     #[test]
     fn a_job_that_only_reads_its_root_changes_nothing_in_it() {
-        in_own_process(
+        in_own_process_with_scratch(
             "confine::tests::a_job_that_only_reads_its_root_changes_nothing_in_it",
+            fill,
             read_only_child,
         );
     }

@@ -187,11 +187,15 @@ pub(crate) mod tests {
     //! A wall is tried in a process of its own (this test binary run again, for one test
     //! alone): it cannot be taken off once installed.
 
+    use std::path::Path;
     use std::process::Command;
 
     use super::*;
 
     const CHILD: &str = "STRATA_SECCOMP_TEST_CHILD";
+
+    /// Where [`in_own_process_with_scratch`] tells the child its scratch directory.
+    const SCRATCH: &str = "STRATA_SECCOMP_TEST_SCRATCH";
 
     /// Runs `child` in a process of its own: this test binary, run again for the test `name`
     /// (its full path) alone. Fails if `child` does.
@@ -199,11 +203,32 @@ pub(crate) mod tests {
         if std::env::var_os(CHILD).is_some() {
             return child();
         }
-        let out = Command::new(std::env::current_exe().unwrap())
+        run_child(name, None);
+    }
+
+    /// [`in_own_process`], with a scratch directory that `fill` fills in this process and
+    /// `child` gets in its own; this process removes it after, whatever walls the child put
+    /// up.
+    pub(crate) fn in_own_process_with_scratch(name: &str, fill: fn(&Path), child: fn(&Path)) {
+        if std::env::var_os(CHILD).is_some() {
+            let scratch = std::env::var_os(SCRATCH).expect("the parent names the scratch");
+            return child(Path::new(&scratch));
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        fill(scratch.path());
+        run_child(name, Some(scratch.path()));
+    }
+
+    /// Runs this test binary again for the test `name` alone, as the child.
+    fn run_child(name: &str, scratch: Option<&Path>) {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
             .args(["--exact", name, "--nocapture", "--test-threads", "1"])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
+            .env(CHILD, "1");
+        if let Some(scratch) = scratch {
+            command.env(SCRATCH, scratch);
+        }
+        let out = command.output().unwrap();
         let printed = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{}: {printed}", out.status);
         assert!(printed.contains("1 passed"), "{printed}");

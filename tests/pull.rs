@@ -192,32 +192,42 @@ fn tls_with_the_registrys_ca_or_without_verification() {
     );
 }
 
-/// A directory made for a test outside its scratch space: removed on drop, with every parent
-/// that had to be made for it.
+/// A directory made for a test outside its scratch space, 0755 whatever the umask (the CLI
+/// runs as another user). On drop it is removed with what the test put in it, and so is each
+/// parent made for it that nothing else has filled meanwhile.
 struct MadeDir {
     path: std::path::PathBuf,
-    first_made: std::path::PathBuf,
+    made_parents: Vec<std::path::PathBuf>,
 }
 
 impl MadeDir {
     fn new(path: &Path) -> MadeDir {
-        let first_made = path
+        let made_parents = path
             .ancestors()
+            .skip(1)
             .take_while(|dir| !dir.exists())
-            .last()
-            .expect("the directory is new")
-            .to_owned();
-        fs::create_dir_all(path).unwrap();
-        MadeDir {
+            .map(Path::to_owned)
+            .collect();
+        // Built first: a failure half-way still removes what was made.
+        let made = MadeDir {
             path: path.to_owned(),
-            first_made,
+            made_parents,
+        };
+        for dir in made.made_parents.iter().rev().chain([&made.path]) {
+            fs::create_dir(dir).unwrap();
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
         }
+        made
     }
 }
 
 impl Drop for MadeDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.first_made);
+        let _ = fs::remove_dir_all(&self.path);
+        // Innermost first; one that holds something else now stays.
+        for dir in &self.made_parents {
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 
