@@ -38,10 +38,13 @@ fn shell_image(env: &TestEnv, name: &str, user: &str) -> Option<WrittenImage> {
                     "etc/passwd",
                     b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
                 ))
-                .entry(Entry::file(
-                    "etc/group",
-                    b"root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
-                ))
+                // Readable by its owner alone, who is not the namespace's root: the helper
+                // that looks the user up reads it with CAP_DAC_READ_SEARCH, its only one.
+                .entry(
+                    Entry::file("etc/group", b"root:x:0:\napp:x:1000:\nstaff:x:50:app\n")
+                        .mode(0o600)
+                        .owner(1000, 1000),
+                )
                 .entry(Entry::dir("home/app").mode(0o700).owner(1000, 1000))
                 .entry(
                     Entry::file("home/app/notes", b"mine\n")
