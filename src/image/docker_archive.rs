@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::files::{Archive, Files};
 use super::source::BlobInput;
-use super::{ImageError, MAX_JSON_SIZE, list};
+use super::{ImageError, list};
 use crate::digest::Digest;
 use crate::registry::RegistryRef;
 
@@ -76,7 +76,7 @@ impl DockerArchive {
         let archive = Archive::open(path)?;
         let within = format!("docker-archive:{}", path.display());
         let files = Files::Archive(archive.clone());
-        let manifest_json = files.read_small("manifest.json", None, None, MAX_JSON_SIZE)?;
+        let manifest_json = files.read_small("manifest.json", None, None)?;
         let entries: Vec<Entry> =
             serde_json::from_slice(&manifest_json).map_err(|error| ImageError::Garbled {
                 what: format!("{within}: manifest.json"),
@@ -124,7 +124,7 @@ impl DockerArchive {
                 })?,
         };
 
-        let config = files.read_small(&entry.config, None, None, MAX_JSON_SIZE)?;
+        let config = files.read_small(&entry.config, None, None)?;
         let config_digest = Digest::of_bytes(&config);
         let diff_ids = diff_ids(&config, &within)?;
         if diff_ids.len() != entry.layers.len() {

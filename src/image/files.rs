@@ -210,14 +210,13 @@ impl Files {
         }
     }
 
-    /// Reads `name`, which must be `expected` bytes long (if given) and at most `limit`;
-    /// messages call it `what`, or else by its name.
+    /// Reads `name`, a JSON document, which must be `expected` bytes long (if given) and at
+    /// most [`MAX_JSON_SIZE`]; messages call it `what`, or else by its name.
     pub fn read_small(
         &self,
         name: &str,
         what: Option<&str>,
         expected: Option<u64>,
-        limit: u64,
     ) -> Result<Vec<u8>, ImageError> {
         let io_error = |error| ImageError::Io {
             path: self.describe(name),
@@ -234,13 +233,13 @@ impl Files {
                 actual: size,
             });
         }
-        if size > limit {
+        if size > MAX_JSON_SIZE {
             return Err(ImageError::TooLarge { what: what(), size });
         }
         let mut bytes = Vec::with_capacity(size as usize);
         input
             .into_reader()
-            .take(size.min(MAX_JSON_SIZE))
+            .take(size)
             .read_to_end(&mut bytes)
             .map_err(io_error)?;
         Ok(bytes)

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use oci_spec::image::{ImageIndex, OciLayout};
 
+use super::ImageError;
 use super::files::{Archive, Files};
 use super::source::{BlobInput, garbled, parse_index};
-use super::{ImageError, MAX_JSON_SIZE};
 use crate::digest::Digest;
 
 /// The root of an OCI image layout: `oci-layout`, `index.json` and `blobs/sha256/<hex>`.
@@ -52,7 +52,7 @@ impl Layout {
 
     /// Checks that `files` hold an `oci-layout` marker that parses.
     fn checked(files: Files) -> Result<Layout, ImageError> {
-        let bytes = match files.read_small("oci-layout", None, None, MAX_JSON_SIZE) {
+        let bytes = match files.read_small("oci-layout", None, None) {
             Err(ImageError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
                 return Err(ImageError::NotALayout {
                     path: files.root().to_owned(),
@@ -82,9 +82,7 @@ impl Layout {
 
     /// The layout's `index.json`, which, having no descriptor, is only size-capped.
     pub(super) fn index_json(&self) -> Result<ImageIndex, ImageError> {
-        let bytes = self
-            .files
-            .read_small("index.json", None, None, MAX_JSON_SIZE)?;
+        let bytes = self.files.read_small("index.json", None, None)?;
         parse_index(
             &self.files.describe("index.json").display().to_string(),
             &bytes,
@@ -100,10 +98,7 @@ impl Layout {
         expected: u64,
     ) -> Result<Vec<u8>, ImageError> {
         let name = Layout::blob_name(digest);
-        match self
-            .files
-            .read_small(&name, Some(what), Some(expected), MAX_JSON_SIZE)
-        {
+        match self.files.read_small(&name, Some(what), Some(expected)) {
             Err(ImageError::Io { error, .. }) => Err(self.blob_error(digest, error)),
             result => result,
         }
